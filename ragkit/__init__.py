@@ -1,0 +1,43 @@
+"""ragkit: composable retrieval-augmented generation pipelines.
+
+``import ragkit`` is cheap and has no side effects: no network, no writes, no heavy
+libraries. Names below are imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # records
+    "Document": "ragkit.records", "Chunk": "ragkit.records", "Query": "ragkit.records",
+    "Hit": "ragkit.records", "Ranking": "ragkit.records", "Answer": "ragkit.records",
+    # core
+    "Stage": "ragkit.stage", "param": "ragkit.stage", "register": "ragkit.registry",
+    "Pipeline": "ragkit.pipeline", "Cutoff": "ragkit.stages_core",
+    "CorpusSpec": "ragkit.config", "EvalSpec": "ragkit.config",
+    # errors
+    "RagkitError": "ragkit.errors", "ConfigError": "ragkit.errors", "PipelineError": "ragkit.errors",
+    "StageInputError": "ragkit.errors", "DataError": "ragkit.errors",
+    "IndexArtifactError": "ragkit.errors", "MissingDependencyError": "ragkit.errors",
+    "ModelNotFoundError": "ragkit.errors",
+    # evaluation
+    "evaluate": "ragkit.eval", "load_dataset": "ragkit.eval",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ragkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

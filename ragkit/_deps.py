@@ -1,0 +1,32 @@
+"""Lazy imports of optional dependencies with an error that names the extra to install."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module -> (pip distribution, ragkit extra)
+KNOWN = {
+    "torch": ("torch", "dense"),
+    "transformers": ("transformers", "dense"),
+    "sentence_transformers": ("sentence-transformers", "dense"),
+    "faiss": ("faiss-cpu", "dense"),
+    "networkx": ("networkx", "graph"),
+    "rank_bm25": ("rank-bm25", "dev"),
+    "hypothesis": ("hypothesis", "dev"),
+    "langchain_core": ("langchain-core", "langchain"),
+    "pypdf": ("pypdf", "ingest"),
+    "matplotlib": ("matplotlib", "dev"),
+}
+
+
+def require(module: str, purpose: str = "") -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError naming the extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        dist, extra = KNOWN.get(module.split(".")[0], (module.split(".")[0], None))
+        how = f"pip install 'ragkit[{extra}]'" if extra else f"pip install {dist}"
+        what = f" (needed for {purpose})" if purpose else ""
+        raise MissingDependencyError(f"'{module}' is not installed{what}. Install it with: {how}  [{exc}]") from None

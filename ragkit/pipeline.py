@@ -1,0 +1,242 @@
+"""Pipelines: a chain of stages built with ``>>`` and ``%`` or read from YAML.
+
+``Pipeline.from_yaml(p.to_yaml()) == p`` for every pipeline; the CLI and the library share
+this one code path.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from .config import (CONFIG_VERSION, CorpusSpec, EvalSpec, load_yaml, parse_pipeline_dict, read_text,
+                     stage_to_item)
+from .errors import PipelineError
+from .records import Chunk, Document, Query
+from .stage import ANSWERS, CHUNKS, DOCUMENTS, QUERIES, RANKINGS, Stage
+
+QUERY_FIELDS = frozenset({"qid", "query"})
+HIT_FIELDS = frozenset({"qid", "query", "doc_id", "score", "rank"})
+
+
+class Pipeline:
+    """An ordered list of query stages, plus optional corpus, index stages and eval defaults."""
+
+    def __init__(self, stages: Sequence[Stage] = (), *, index: Sequence[Stage] = (),
+                 corpus: CorpusSpec | None = None, evaluation: EvalSpec | None = None,
+                 name: str = "", description: str = "", base_dir: str | Path | None = None) -> None:
+        self.stages: list[Stage] = _flatten(stages)
+        self.index_stages: list[Stage] = _flatten(index)
+        self.corpus = corpus
+        self.evaluation = evaluation
+        self.name = name
+        self.description = description
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.check()
+
+    # -- composition ---------------------------------------------------------------------------
+    def _with(self, stages: list[Stage]) -> "Pipeline":
+        return Pipeline(stages, index=self.index_stages, corpus=self.corpus, evaluation=self.evaluation,
+                        name=self.name, description=self.description, base_dir=self.base_dir)
+
+    def __rshift__(self, other: Any) -> "Pipeline":
+        if isinstance(other, Pipeline):
+            return self._with(self.stages + other.stages)
+        if isinstance(other, Stage):
+            return self._with(self.stages + [other])
+        raise PipelineError(f"cannot compose a pipeline with {type(other).__name__}; use a Stage or Pipeline")
+
+    def __mod__(self, k: int) -> "Pipeline":
+        from .stages_core import Cutoff
+
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise PipelineError(f"`% k` needs an int number of hits, got {k!r}")
+        return self >> Cutoff(k=k)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pipeline) and self._key() == other._key()
+
+    def _key(self) -> tuple:
+        return (self.stages, self.index_stages, self.corpus, self.evaluation, self.name, self.description)
+
+    def __repr__(self) -> str:
+        body = " >> ".join(map(repr, self.stages)) or "(empty)"
+        return f"Pipeline({self.name + ': ' if self.name else ''}{body})"
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    # -- checking ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Check kinds and needs/provides of adjacent stages, before anything loads."""
+        _check_chain(self.stages, QUERIES, "pipeline")
+        _check_chain(self.index_stages, DOCUMENTS, "index")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def setup(self) -> "Pipeline":
+        for s in self.index_stages + self.stages:
+            s.__dict__["_base_dir"] = self.base_dir
+        for s in self.stages:
+            s.setup()
+        return self
+
+    @property
+    def output_kind(self) -> str:
+        return self.stages[-1].output_kind if self.stages else QUERIES
+
+    def run(self, queries: str | Query | Iterable[str | Query]) -> list[Any]:
+        """Run the query stages over a batch of queries; returns rankings or answers."""
+        return self.run_timed(queries)[0]
+
+    __call__ = run
+
+    def search(self, text: str) -> Any:
+        """Run one query given as text; returns its ranking or answer."""
+        return self.run([Query("q0", text)])[0]
+
+    def run_timed(self, queries: Any) -> tuple[list[Any], dict[str, float]]:
+        """Like :meth:`run`, also returning the seconds spent in each stage (keyed ``#i key``)."""
+        if not self.stages:
+            raise PipelineError("the pipeline has no query stages")
+        batch: list[Any] = to_queries(queries)
+        self.setup()
+        times: dict[str, float] = {}
+        for i, s in enumerate(self.stages):
+            t0 = time.perf_counter()
+            batch = s(batch)
+            times[f"#{i + 1} {s.key}"] = time.perf_counter() - t0
+        return batch, times
+
+    def build_index(self, documents: Iterable[Document] | None = None, *, progress: bool | None = None) -> dict:
+        """Run the index stages over ``documents`` (default: the corpus section). Returns stats."""
+        if not self.index_stages:
+            raise PipelineError("the pipeline has no 'index:' stages")
+        if documents is None:
+            if self.corpus is None:
+                raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
+            from .ingest import read_corpus
+
+            documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
+        batch: list[Any] = list(documents)
+        stats: dict[str, Any] = {"documents": len(batch)}
+        for i, s in enumerate(self.index_stages):
+            s.__dict__["_base_dir"] = self.base_dir
+            s.__dict__["_progress"] = progress
+            if s.input_kind == CHUNKS and batch and isinstance(batch[0], Document):
+                batch = documents_as_chunks(batch)
+            t0 = time.perf_counter()
+            batch = s(batch)
+            stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
+        stats["chunks"] = len(batch)
+        return stats
+
+    # -- YAML ----------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": CONFIG_VERSION}
+        if self.name:
+            out["name"] = self.name
+        if self.description:
+            out["description"] = self.description
+        if self.corpus is not None:
+            out["corpus"] = self.corpus.changed_config()
+        if self.index_stages:
+            out["index"] = [stage_to_item(s) for s in self.index_stages]
+        out["pipeline"] = [stage_to_item(s) for s in self.stages]
+        if self.evaluation is not None:
+            out["eval"] = self.evaluation.changed_config()
+        return out
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_config(), sort_keys=False, allow_unicode=True, default_flow_style=None)
+        if path is not None:
+            from .artifacts import atomic_write_text
+
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> "Pipeline":
+        """Load from a YAML file path or from YAML text."""
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                        and source.endswith((".yaml", ".yml"))):
+            file = str(source)
+            text = read_text(source)
+            base_dir = Path(source).resolve().parent
+        else:
+            file, text, base_dir = "<string>", str(source), None
+        loc = load_yaml(text, file)
+        parts = parse_pipeline_dict(loc.value, file, loc)
+        try:
+            return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"],
+                       evaluation=parts["eval"], name=parts["name"], description=parts["description"],
+                       base_dir=base_dir)
+        except PipelineError as exc:
+            raise PipelineError(f"{file}: {exc}") from None
+
+    @classmethod
+    def from_config(cls, data: dict, base_dir: str | Path | None = None) -> "Pipeline":
+        from .config import Located
+
+        parts = parse_pipeline_dict(data, "<dict>", Located(data))
+        return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"], evaluation=parts["eval"],
+                   name=parts["name"], description=parts["description"], base_dir=base_dir)
+
+
+def _flatten(stages: Sequence[Any]) -> list[Stage]:
+    out: list[Stage] = []
+    for s in stages:
+        if isinstance(s, Pipeline):
+            out.extend(s.stages)
+        elif isinstance(s, Stage):
+            out.append(s)
+        else:
+            raise PipelineError(f"not a stage: {s!r}")
+    return out
+
+
+def _check_chain(stages: list[Stage], first_kind: str, section: str) -> None:
+    fields: frozenset[str] | None = None
+    prev_kind = None
+    for i, s in enumerate(stages):
+        label = f"{section} stage #{i + 1} '{s.key}'"
+        if prev_kind is not None and s.input_kind != prev_kind and not (s.input_kind == CHUNKS and prev_kind == DOCUMENTS):
+            raise PipelineError(f"{label} takes {s.input_kind} but the stage before it gives {prev_kind}.")
+        if i == 0 and s.input_kind == QUERIES:
+            fields = QUERY_FIELDS
+        if s.input_kind == QUERIES:
+            fields = QUERY_FIELDS
+        if fields is not None:
+            missing = s.needs() - fields
+            if missing:
+                need = ", ".join(f"`{m}`" for m in sorted(missing))
+                hint = (" Add `text: true` to the retriever." if "text" in missing else "")
+                raise PipelineError(f"{label} needs {need} on hits; upstream provides "
+                                    f"{', '.join(sorted(fields))}.{hint}")
+            fields = fields | s.provides()
+        prev_kind = s.output_kind
+
+
+def to_queries(queries: Any) -> list[Query]:
+    from .errors import StageInputError
+
+    if isinstance(queries, (str, Query)):
+        queries = [queries]
+    out = []
+    for i, q in enumerate(queries):
+        if isinstance(q, str):
+            q = Query(f"q{i}", q)
+        if not isinstance(q, Query):
+            raise StageInputError(f"query #{i + 1}: expected str or Query, got {type(q).__name__}")
+        if not q.text or not q.text.strip():
+            raise StageInputError(f"query #{i + 1} (qid {q.qid!r}): empty query text")
+        out.append(q)
+    return out
+
+
+def documents_as_chunks(docs: list[Document]) -> list[Chunk]:
+    return [Chunk(d.doc_id, d.doc_id, d.text, 0, len(d.text), d.meta) for d in docs]
+
+
+__all__ = ["Pipeline", "to_queries", "documents_as_chunks", "RANKINGS", "ANSWERS"]

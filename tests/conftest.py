@@ -1,0 +1,48 @@
+"""Test-wide fixtures: no network, caches in a temp folder, matplotlib without a home folder."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").exists() else None
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Block every socket connection except to loopback and unix sockets."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or self.family == socket.AF_UNIX):
+            return real_connect(self, address)
+        raise NetworkBlocked(f"network access blocked in tests: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, *a, **k: (_ for _ in ()).throw(NetworkBlocked(f"blocked: {address!r}")))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path_factory.getbasetemp() / "ragkit-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.getbasetemp() / "mpl"))
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if SHARED_DATA is None:
+        pytest.skip("../shared/data is not present beside the repository")
+    return SHARED_DATA
