@@ -90,8 +90,17 @@ def load_yaml(text: str, file: str = "<string>") -> Located:
         return out
     constructor = yaml.constructor.SafeConstructor()
 
+    std = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+
     def conv(n: yaml.Node, path: tuple) -> Any:
         out.lines[path] = n.start_mark.line + 1
+        if type(n) in std and n.tag != std[type(n)]:
+            raise ConfigError(f"{where(file, n.start_mark.line + 1)}tag {n.tag!r} is not allowed (plain YAML only).")
+        if isinstance(n, yaml.ScalarNode):
+            try:
+                return constructor.construct_object(n, deep=True)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{where(file, n.start_mark.line + 1)}invalid YAML: {exc.problem}") from None
         if isinstance(n, yaml.MappingNode):
             d: dict = {}
             for kn, vn in n.value:
@@ -101,9 +110,7 @@ def load_yaml(text: str, file: str = "<string>") -> Located:
                 d[k] = conv(vn, path + (k,))
                 out.lines.setdefault(path + (k,), kn.start_mark.line + 1)
             return d
-        if isinstance(n, yaml.SequenceNode):
-            return [conv(x, path + (i,)) for i, x in enumerate(n.value)]
-        return constructor.construct_object(n, deep=True)
+        return [conv(x, path + (i,)) for i, x in enumerate(n.value)]
 
     out.value = conv(node, ())
     return out

@@ -1,0 +1,1 @@
+from ragkit.cli import main; raise SystemExit(main())
