@@ -1,0 +1,95 @@
+"""``retriever.dense``: encode queries with the index's encoder and search its FAISS index.
+
+The encoder, normalisation and query prefix come from the index folder's ``params.json``; giving
+``model`` checks that it is the model the index was built with (else IndexArtifactError). ``nprobe``
+(IVF) and ``ef_search`` (HNSW) override the index's defaults per query; ``mmap: true`` memory-maps
+the FAISS index and texts instead of reading them into memory.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from ragkit.artifacts import resolve_path
+from ragkit.errors import ConfigError, IndexArtifactError
+from ragkit.records import Hit, Query, Ranking
+from ragkit.registry import register
+from ragkit.stage import QUERIES, RANKINGS, Stage, param
+
+INDEX_KEY = "indexer.dense"
+
+
+def hits_from_rows(q: Query, scores, rows, idx, with_text: bool) -> Ranking:
+    hits = []
+    for s, r in zip(scores, rows):
+        if r < 0:
+            continue
+        r = int(r)
+        title = idx.title(r)
+        hits.append(Hit(q.qid, idx.doc_ids[r], float(s), 0, idx.text(r) if with_text else None,
+                        idx.chunk_ids[r], {"title": title} if title else {}))
+    return Ranking(q, tuple(hits))
+
+
+@register("retriever.dense")
+class DenseRetriever(Stage):
+    """Dense retrieval over an `indexer.dense` FAISS index (flat, HNSW, IVF, IVF-PQ)."""
+
+    index: str = param("indexes/dense", help="index folder written by indexer.dense")
+    k: int = param(10, ge=1, help="hits per query")
+    text: bool = param(False, help="put the passage text on each hit")
+    model: str = param("", help="encoder; empty = the index's model (a different model is an error)")
+    nprobe: int = param(0, ge=0, help="IVF: lists visited per query (0 = index default); must be <= nlist")
+    ef_search: int = param(0, ge=0, help="HNSW: candidate list size (0 = index default)")
+    device: Literal["cpu", "cuda"] = param("cpu", help="encoder and FAISS device")
+    mmap: bool = param(False, help="memory-map the FAISS index and texts")
+    batch_size: int = param(64, ge=1, help="queries per encoder batch")
+
+    input_kind = QUERIES
+    output_kind = RANKINGS
+
+    def provides(self) -> frozenset[str]:
+        return frozenset({"doc_id", "score", "rank", "chunk_id"} | ({"text"} if self.text else set()))
+
+    def _setup(self) -> None:
+        from ragkit.indexers._encoder import Encoder
+        from ragkit.indexers._faiss import DenseIndex
+        from ragkit.models import resolve_model
+
+        base = self.__dict__.get("_base_dir")
+        folder = resolve_path(self.index, base)
+        idx = DenseIndex.load(folder, expect_key=INDEX_KEY, mmap=self.mmap)
+        p = idx.params
+        if idx.kind in ("ivf", "ivfpq") and self.nprobe > int(p["nlist"]):
+            raise ConfigError(f"'retriever.dense': parameter 'nprobe' is {self.nprobe}, larger than the index's "
+                              f"nlist={p['nlist']} ({folder}); nprobe must be <= nlist.")
+        stored_id = p.get("model_id", "")
+        if self.model:
+            rid = resolve_model(self.model, base_dir=base).id
+            if rid != stored_id:
+                raise IndexArtifactError(f"{folder}: index was built with model {stored_id!r}, the retriever asks "
+                                         f"for {self.model!r} ({rid}). Rebuild the index with this model or drop "
+                                         f"'model' from the retriever.")
+            name = self.model
+        else:
+            name = stored_id[5:] if stored_id.startswith("path:") else p.get("model", stored_id)
+        enc = Encoder(name, device=self.device, batch_size=self.batch_size, normalize=bool(p.get("normalize", True)),
+                      query_prefix=p.get("query_prefix", ""), doc_prefix=p.get("doc_prefix", ""),
+                      max_length=p.get("max_length"), cache=False, base_dir=base)
+        if enc.model_id != stored_id:
+            raise IndexArtifactError(f"{folder}: index was built with model {stored_id!r}, but {name!r} resolves "
+                                     f"to {enc.model_id!r} here. Rebuild the index.")
+        if enc.dim != idx.dim:
+            raise IndexArtifactError(f"{folder}: dimension mismatch: index vectors are {idx.dim}-d, encoder "
+                                     f"{enc.model_id!r} gives {enc.dim}-d. Rebuild the index with this encoder.")
+        if self.device == "cuda":
+            idx.to_gpu()
+        object.__setattr__(self, "_idx", idx)
+        object.__setattr__(self, "_enc", enc)
+
+    def run(self, batch: list[Query]) -> list[Ranking]:
+        idx, enc = self.__dict__["_idx"], self.__dict__["_enc"]
+        if len(idx) == 0:
+            return [Ranking(q) for q in batch]
+        qv = enc.encode_queries([q.text for q in batch])
+        scores, rows = idx.search(qv, self.k, nprobe=self.nprobe, ef_search=self.ef_search)
+        return [hits_from_rows(q, s, r, idx, self.text) for q, s, r in zip(batch, scores, rows)]
