@@ -46,7 +46,12 @@ def cmd_stages(args: argparse.Namespace) -> int:
     if args.key:
         stages = {k: v for k, v in stages.items() if k == args.key or k.startswith(args.key + ".")}
         if not stages:
-            registry.get(args.key)  # raises with did-you-mean
+            from .errors import did_you_mean
+
+            everything = registry.all_stages()
+            roles = sorted({k.split(".")[0] for k in everything})
+            raise ConfigError(f"no stage or role '{args.key}'.{did_you_mean(args.key, roles + list(everything))} "
+                              f"Roles: {', '.join(roles)}.")
     if args.json:
         out = {k: {"class": f"{c.__module__}.{c.__qualname__}", "doc": c.describe(), "input": c.input_kind,
                    "output": c.output_kind,

@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "ragkit.retrievers.fusion",
     "ragkit.rerankers.cross_encoder",
     "ragkit.rerankers.monot5",
+    "ragkit.rerankers.duot5",
     "ragkit.rerankers.llm",
     "ragkit.generators.extractive",
     "ragkit.generators.hf",

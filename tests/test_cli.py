@@ -1,0 +1,115 @@
+"""The CLI: help everywhere, exit codes, one-line errors, and one code path with the library."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragkit.cli import build_parser, main, read_queries
+from ragkit.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["index", "run", "eval", "validate", "stages", "datasets", "demo"]
+
+
+@pytest.mark.parametrize("cmd", [None] + COMMANDS)
+def test_help_everywhere(cmd, capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(([cmd] if cmd else []) + ["--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: ragkit" in out and "Exit codes" in out
+
+
+def test_usage_error_exit_2(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["run"])
+    assert ei.value.code == 2
+    assert main([]) == 2
+
+
+def test_config_error_is_one_line_exit_2(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("version: 1\npipeline:\n  - ranking.cutof: {k: 3}\n")
+    assert main(["validate", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ragkit: error: {f}:3: pipeline stage #1: unknown stage")
+
+
+def test_runtime_error_exit_1(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text(f"version: 1\npipeline:\n  - retriever.bm25: {{index: {tmp_path}/missing}}\n")
+    assert main(["run", str(f), "hello"]) == 1
+    err = capsys.readouterr().err
+    assert "no index here" in err and "Traceback" not in err
+    with pytest.raises(Exception):
+        main(["run", str(f), "hello", "--debug"])
+
+
+def test_validate_all_shipped_pipelines(capsys):
+    files = sorted(str(p) for p in (REPO / "pipelines").glob("*.yaml"))
+    assert files
+    assert main(["validate", *files]) == 0
+    assert capsys.readouterr().out.count(": ok") == len(files)
+
+
+def test_stages_lists_params(capsys):
+    assert main(["stages", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "retriever.bm25" in data and "fusion.rrf" in data
+    names = [p["name"] for p in data["ranking.cutoff"]["params"]]
+    assert names == ["k"] and data["ranking.cutoff"]["params"][0]["default"] == 10
+    assert main(["stages", "retriver"]) == 2
+    assert "Did you mean 'retriever'?" in capsys.readouterr().err
+
+
+def test_read_queries_formats_and_errors(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"qid": "a", "text": "x y"}\n\n{"qid": "b", "query": "z"}\n')
+    assert [(q.qid, q.text) for q in read_queries(str(tmp_path / "q.jsonl"))] == [("a", "x y"), ("b", "z")]
+    (tmp_path / "q.tsv").write_text("1\tfirst query\n2\tsecond\n")
+    assert [q.qid for q in read_queries(str(tmp_path / "q.tsv"))] == ["1", "2"]
+    (tmp_path / "bad.jsonl").write_text('{"qid": "a", "text": "x"}\n{"qid": "b", "text": \n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: broken JSON line"):
+        read_queries(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "empty.jsonl").write_text('{"qid": "a", "text": "  "}\n')
+    with pytest.raises(DataError, match=r"empty.jsonl:1: field 'text'"):
+        read_queries(str(tmp_path / "empty.jsonl"))
+
+
+def _pipeline(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"doc_id": f"d{i}", "title": t, "text": x}) for i, (t, x) in enumerate([
+        ("Cats", "The cat sat on the mat. Cats like warm places."),
+        ("Dogs", "Dogs chase cats in the park. The park is large."),
+        ("Mats", "A mat is a flat piece of fabric used on floors."),
+    ])) + "\n")
+    f = tmp_path / "p.yaml"
+    f.write_text("version: 1\nname: t\ncorpus: {path: corpus.jsonl}\nindex:\n  - indexer.bm25: {path: idx}\n"
+                 "pipeline:\n  - retriever.bm25: {index: idx, k: 3, text: true}\n  - generator.extractive: {n: 2}\n")
+    return f
+
+
+def test_index_then_run_same_as_library(tmp_path, capsys):
+    from ragkit import Pipeline
+
+    f = _pipeline(tmp_path)
+    assert main(["index", str(f), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(f), "where", "do", "cats", "sit", "--format", "jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    lib = Pipeline.from_yaml(f).search("where do cats sit")
+    assert row["answer"] == lib.text and row["citations"] == list(lib.citations)
+    assert [h["doc_id"] for h in row["hits"]] == [h.doc_id for h in lib.ranking.hits][:5]
+
+
+def test_run_from_stdin_subprocess(tmp_path):
+    f = _pipeline(tmp_path)
+    assert main(["index", str(f), "-q"]) == 0
+    out = subprocess.run([sys.executable, "-m", "ragkit", "run", str(f)], input="park dogs\nflat fabric\n",
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [r["citations"] for r in rows] == [["d1"], ["d2"]]
