@@ -67,10 +67,28 @@ def resolve_tokenizer_path(name: str, base_dir: str | Path | None = None) -> Pat
     return name
 
 
+def _locate(name: str, base_dir: str | Path | None) -> tuple[Path | str, str | None]:
+    """(folder or file or hub id, gguf file name or None), resolved offline."""
+    p = Path(name).expanduser()
+    if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).exists():
+        p = Path(base_dir) / p
+    if p.is_file() and p.suffix == ".json":  # a tokenizer.json given directly
+        return p, None
+    try:
+        from ragkit.models import resolve_model
+    except ImportError:  # pragma: no cover - older core without ragkit.models
+        return resolve_tokenizer_path(name, base_dir), None
+    r = resolve_model(name, base_dir=base_dir)  # raises ModelNotFoundError with what is installed
+    if r.kind == "hash" or r.path is None:
+        raise ConfigError(f"tokenizer '{name}' is a fake embedder without a tokenizer; use one of "
+                          f"{', '.join(BUILTIN)}, 'minilm' or a tokenizer folder.")
+    return r.path, r.gguf_file
+
+
 def _hf_tokenizer(name: str, base_dir: str | Path | None) -> TokenizeFn:
-    where = resolve_tokenizer_path(name, base_dir)
+    where, gguf_file = _locate(name, base_dir)
     tok_file = None
-    if isinstance(where, Path):
+    if isinstance(where, Path) and gguf_file is None:
         tok_file = where if where.is_file() else (where / "tokenizer.json" if (where / "tokenizer.json").exists() else None)
     if tok_file is not None:
         from ragkit._deps import require
@@ -90,13 +108,13 @@ def _hf_tokenizer(name: str, base_dir: str | Path | None) -> TokenizeFn:
     from ragkit._deps import require
 
     transformers = require("transformers", f"tokenizer '{name}'")
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(str(where), use_fast=True)
+        tok = transformers.AutoTokenizer.from_pretrained(str(where), use_fast=True, **kw)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"tokenizer '{name}' not found: not a built-in ({', '.join(BUILTIN)}), not a short name "
-            f"({', '.join(ALIASES)}), not a local folder, and not in the local Hugging Face cache (offline). "
-            f"Give a folder holding tokenizer.json, or download the model first. [{exc}]") from None
+            f"tokenizer '{name}' could not be loaded from {where} (offline). Give a folder holding "
+            f"tokenizer.json, 'minilm', or one of {', '.join(BUILTIN)}. [{exc}]") from None
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"tokenizer '{name}' has no fast (Rust) version, so it cannot give character "
                           f"offsets; use a tokenizer with tokenizer.json, or 'whitespace'/'regex'.")
