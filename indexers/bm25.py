@@ -294,12 +294,9 @@ class BM25Indexer(Stage):
                            tokenizer=self.tokenizer_config, store_text=self.store_text,
                            progress=self.__dict__.get("_progress"))
 
-    def __call__(self, batch: Sequence[Any]) -> list[Any]:
-        batch = list(batch)
-        self.setup()
-        return list(self.run(batch))  # an empty corpus is an error here, not an empty result
-
     def run(self, batch: list[Chunk]) -> list[Chunk]:
+        """Build and write the index; the chunks pass through. (``stage([])`` returns ``[]`` as
+        every stage does; ``run([])`` and :meth:`build` raise StageInputError on an empty corpus.)"""
         self.build(batch).save(self.folder())
         return batch
 
