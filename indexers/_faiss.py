@@ -1,8 +1,9 @@
 """FAISS index folders for dense retrieval: build, search, add/delete by id, atomic save, mmap load.
 
-Every index is an ``IndexIDMap2`` around one of ``IndexFlatIP`` (``flat``, exact inner product),
-``IndexHNSWFlat`` (``hnsw``), ``IndexIVFFlat`` (``ivf``) or ``IndexIVFPQ`` (``ivfpq``), so vectors
-carry stable int64 ids and ``add``/``delete`` work without a rebuild. HNSW graphs cannot remove
+Vectors carry stable int64 ids, so ``add``/``delete`` work without a rebuild: ``IndexFlatIP``
+(``flat``, exact inner product) and ``IndexHNSWFlat`` (``hnsw``) are wrapped in ``IndexIDMap2``;
+``IndexIVFFlat`` (``ivf``) and ``IndexIVFPQ`` (``ivfpq``) store ids in their inverted lists
+natively (an IDMap around IVF breaks on removal, because IVF does not renumber what is left). HNSW graphs cannot remove
 nodes (faiss raises), so deleted HNSW ids are kept as tombstones and excluded *during* the graph
 search with an ``IDSelectorNot`` (exact top-k among live vectors); when tombstones exceed a third
 of the index the graph is rebuilt from its stored vectors (no re-encoding).
@@ -37,7 +38,7 @@ def auto_nlist(n: int) -> int:
 
 
 def new_index(kind: str, dim: int, spec: dict[str, Any], train: np.ndarray | None, key: str = "indexer.dense"):
-    """A fresh, trained IndexIDMap2 of the given type."""
+    """A fresh, trained, id-carrying index of the given type."""
     faiss = _faiss()
     metric = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
@@ -67,8 +68,9 @@ def new_index(kind: str, dim: int, spec: dict[str, Any], train: np.ndarray | Non
             inner = faiss.IndexIVFPQ(quantizer, dim, nlist, m, bits, metric)
         inner.nprobe = int(spec["nprobe"])
         inner.train(np.ascontiguousarray(train, dtype=np.float32))
-        inner.quantizer.this.disown()  # keep the quantizer alive with the index
+        quantizer.this.disown()  # the index owns (and frees) its quantizer
         inner.own_fields = True
+        return inner
     else:
         raise ConfigError(f"'{key}': parameter 'index_type' is {kind!r}; valid: {', '.join(TYPES)}.")
     return faiss.IndexIDMap2(inner)
@@ -239,10 +241,13 @@ class DenseIndex:
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(faiss ids in internal order, their stored vectors) — exact for flat/hnsw, decoded for ivf*."""
         faiss = _faiss()
+        if self.kind in ("ivf", "ivfpq"):
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            return self.ids.copy(), np.vstack([ivf.reconstruct(int(i)) for i in self.ids]) if len(self.ids) \
+                else np.zeros((0, self.dim), np.float32)
         inner = faiss.downcast_index(self.index.index)
         order = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        if self.kind in ("ivf", "ivfpq"):
-            inner.make_direct_map()
         return order, inner.reconstruct_n(0, self.index.ntotal)
 
     def compact(self) -> None:
@@ -270,8 +275,11 @@ class DenseIndex:
         if self.kind == "hnsw":
             return  # faiss has no GPU HNSW; search stays on CPU
         res = faiss.StandardGpuResources()
-        inner = faiss.downcast_index(self.index.index)
-        self._gpu = (res, faiss.index_cpu_to_gpu(res, 0, inner), faiss.vector_to_array(self.index.id_map))
+        if self.kind in ("ivf", "ivfpq"):  # ids live in the inverted lists
+            self._gpu = (res, faiss.index_cpu_to_gpu(res, 0, self.index), None)
+        else:
+            inner = faiss.downcast_index(self.index.index)
+            self._gpu = (res, faiss.index_cpu_to_gpu(res, 0, inner), faiss.vector_to_array(self.index.id_map))
 
     def search(self, q: np.ndarray, k: int, *, nprobe: int = 0, ef_search: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, docstore rows; -1 = none) for each query vector."""
@@ -286,7 +294,7 @@ class DenseIndex:
             if nprobe and self.kind in ("ivf", "ivfpq"):
                 gpu_index.nprobe = nprobe
             scores, internal = gpu_index.search(q, k)
-            labels = np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
+            labels = internal if id_map is None else np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
         else:
             params = None
             if self.kind == "hnsw":

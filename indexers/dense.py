@@ -36,7 +36,7 @@ def check_texts(batch: list, key: str) -> None:
 class DenseIndexer(Stage):
     """Dense (embedding) index: sentence-transformers encoder + FAISS (flat, HNSW, IVF, IVF-PQ)."""
 
-    index: str = param("indexes/dense", help="index folder to write (relative to the pipeline file)")
+    path: str = param(help="index folder to write, replaced atomically (relative to the pipeline file)")
     model: str = param("minilm", help="encoder: short name (minilm), local path, cached hub id, or hash")
     index_type: Literal["flat", "hnsw", "ivf", "ivfpq"] = param("flat", help="FAISS index type")
     normalize: bool = param(True, help="L2-normalise embeddings (inner product = cosine)")
@@ -65,7 +65,7 @@ class DenseIndexer(Stage):
                               f"nprobe must be <= nlist.")
 
     def folder(self) -> Path:
-        return resolve_path(self.index, self.__dict__.get("_base_dir"))
+        return resolve_path(self.path, self.__dict__.get("_base_dir"))
 
     def encoder(self):
         enc = self.__dict__.get("_encoder")

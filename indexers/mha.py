@@ -34,7 +34,7 @@ def head_file(i: int) -> str:
 class MHAIndexer(Stage):
     """Multi-Head RAG index: per-head attention embeddings of one layer, one FAISS index per head."""
 
-    index: str = param("indexes/mha", help="index folder to write (relative to the pipeline file)")
+    path: str = param(help="index folder to write, replaced atomically (relative to the pipeline file)")
     model: str = param("minilm", help="transformers model: short name (minilm, smollm2-135m-instruct), path, cached hub id")
     layer: int = param(-1, help="which layer's attention to embed with (-1 = last, as in the paper)")
     pooling: Literal["auto", "mean", "last"] = param("auto", help="auto: last token for decoders, mean for encoders")
@@ -110,7 +110,7 @@ class MHAIndexer(Stage):
                   "importance": {"a": a.tolist(), "b": b.tolist(), "s": s.tolist(), "sample": self.sample,
                                  "seed": self.seed},
                   "content_hash": content_hash(zip(ids, (c.doc_id for c in batch), texts))}
-        folder = resolve_path(self.index, self.__dict__.get("_base_dir"))
+        folder = resolve_path(self.path, self.__dict__.get("_base_dir"))
         with atomic_folder(folder) as tmp:
             for i in range(emb.num_heads):
                 x = np.ascontiguousarray(embs[:, i, :], dtype=np.float32)

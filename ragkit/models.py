@@ -205,8 +205,8 @@ def _help_text() -> str:
     have = [k for k, ok in inst.items() if ok]
     lines = []
     for k, sn in SHORT_NAMES.items():
-        state = "installed" if inst[k] else f"not installed: pip install {sn.pip_flags + ' ' if sn.pip_flags else ''}{sn.dist}"
-        lines.append(f"{k} = {sn.id}, {sn.role} [{state}]")
+        how = f"pip install {sn.pip_flags + ' ' if sn.pip_flags else ''}{sn.dist}"
+        lines.append(f"{k} = {sn.id}, {sn.role} [{'installed' if inst[k] else 'not installed'}; `{how}`]")
     return (f"Installed short names: {', '.join(have) if have else 'none'}. Known short names: "
             + "; ".join(lines) + "; plus 'hash' / 'hash-<dim>' (fake embedder for tests). "
             "Other models: a local folder path, or a hub id present in the local Hugging Face cache.")

@@ -34,7 +34,7 @@ def hits_from_rows(q: Query, scores, rows, idx, with_text: bool) -> Ranking:
 class DenseRetriever(Stage):
     """Dense retrieval over an `indexer.dense` FAISS index (flat, HNSW, IVF, IVF-PQ)."""
 
-    index: str = param("indexes/dense", help="index folder written by indexer.dense")
+    index: str = param(help="index folder written by indexer.dense")
     k: int = param(10, ge=1, help="hits per query")
     text: bool = param(False, help="put the passage text on each hit")
     model: str = param("", help="encoder; empty = the index's model (a different model is an error)")

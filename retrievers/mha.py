@@ -37,7 +37,7 @@ def vote(head_rows: Sequence[Sequence[int]], importance: Sequence[float]) -> dic
 class MHARetriever(Stage):
     """Multi-Head RAG: per-head search over an `indexer.mha` index, importance-weighted voting."""
 
-    index: str = param("indexes/mha", help="index folder written by indexer.mha")
+    index: str = param(help="index folder written by indexer.mha")
     k: int = param(10, ge=1, help="chunks returned per query")
     c: int = param(0, ge=0, help="chunks each head retrieves before voting (0 = same as k)")
     text: bool = param(False, help="put the passage text on each hit")
