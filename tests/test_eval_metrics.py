@@ -150,3 +150,38 @@ def test_em_in_containment():
     assert contains_answer("Broncos", "Denver Broncos") == 0.0
     assert answer_score("EM-in", "The answer is Santa Clara, California.", ["Levi's Stadium", "Santa Clara"]) == 1.0
     assert answer_score("em_in", "no idea", ["Santa Clara"]) == 0.0
+
+
+# -- properties -------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(alphabet=st.sampled_from(list("abc the,.!AN ")), max_size=25)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_text, _text)
+def test_answer_metric_invariants(pred, gold):
+    assert normalize_answer(normalize_answer(pred)) == normalize_answer(pred)
+    em, f1, em_in = exact_match(pred, gold), token_f1(pred, gold), contains_answer(pred, gold)
+    assert 0.0 <= f1 <= 1.0
+    assert token_f1(gold, pred) == pytest.approx(f1)  # F1 is symmetric
+    if em == 1.0:
+        assert f1 == 1.0 and em_in == 1.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 100)), min_size=1, max_size=20))
+def test_duplicate_chunks_never_change_ir_metrics(items):
+    # a ranking with repeated doc ids scores like the same ranking with only first occurrences
+    hits = [(d, float(s)) for d, s in items]
+    full = ranking("1", hits, chunks=[f"{d}#{i}" for i, (d, _) in enumerate(hits)])
+    seen, firsts = set(), []
+    for h in full.hits:
+        if h.doc_id not in seen:
+            seen.add(h.doc_id)
+            firsts.append((h.doc_id, h.score))
+    qrels = {"1": {"a": 2, "c": 1, "h": 1}}
+    names = ["nDCG@5", "AP", "RR", "P@3", "R@4"]
+    assert values(names, qrels, [full]) == values(names, qrels, [ranking("1", firsts)])
