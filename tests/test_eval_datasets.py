@@ -1,7 +1,6 @@
 """Dataset loaders: the real shared files, the generic folder format, and bad input."""
 from __future__ import annotations
 
-
 import pytest
 
 from ragkit.errors import DataError
