@@ -6,8 +6,8 @@ steps as ``bm25s.tokenize`` (and scikit-learn's ``CountVectorizer``):
 1. lowercase (``lowercase``),
 2. split with a regular expression (``token_pattern``; default ``(?u)\\b\\w\\w+\\b``: words of
    two or more word characters),
-3. drop stopwords (``stopwords``: ``en`` = the 33-word English list shipped with bm25s,
-   ``en_plus`` = bm25s' 179-word English list, ``none``), matched before stemming,
+3. drop stopwords (``stopwords``: ``en_plus`` = NLTK's 179-word English list as shipped with
+   bm25s, ``en`` = bm25s' short 33-word list, ``none``), matched before stemming,
 4. stem (``stemmer``: ``porter`` = Porter's 1980 algorithm, ``english`` = Snowball English
    ("Porter2"), both from PyStemmer, or ``none``).
 
@@ -47,7 +47,7 @@ class TokenizerConfig:
     """How text becomes terms; stored in every lexical index's params and checked on load."""
 
     lowercase: bool = True
-    stopwords: str = "en"
+    stopwords: str = "en_plus"
     stemmer: str = "porter"
     token_pattern: str = DEFAULT_PATTERN
 

@@ -260,12 +260,13 @@ class BM25Indexer(Stage):
     """BM25 index (bm25s engine): tokenizes chunks and writes a sparse score matrix folder."""
 
     path: str = param(help="index folder to write (replaced atomically)")
-    k1: float = param(1.2, ge=0, help="term-frequency saturation")
+    k1: float = param(1.5, ge=0, help="term-frequency saturation")
     b: float = param(0.75, ge=0, le=1, help="document-length normalisation")
     delta: float = param(0.5, ge=0, help="lower-bound shift of bm25l and bm25+ (ignored by the others)")
     method: Method = param("lucene", help="BM25 variant (Kamphuis et al. 2020), as in bm25s")
     lowercase: bool = param(True, help="lowercase text before splitting")
-    stopwords: Literal["en", "en_plus", "none"] = param("en", help="stopword list removed before stemming")
+    stopwords: Literal["en", "en_plus", "none"] = param("en_plus", help="stopword list removed before stemming: "
+                                                         "en_plus (NLTK, 179 words), en (33), none")
     stemmer: Literal["porter", "english", "none"] = param("porter", help="PyStemmer algorithm: porter, "
                                                                           "english (Snowball), none")
     token_pattern: str = param(DEFAULT_PATTERN, help="regular expression that finds the words")

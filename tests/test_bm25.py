@@ -165,7 +165,7 @@ def test_scores_equal_bm25s_engine(tmp_path):
     ids, vocab = tok.encode_corpus(CORPUS)
     eng = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
     eng.index((ids, {t: i for i, t in enumerate(vocab)}), show_progress=False)
-    path = build(tmp_path, method="lucene", k1=1.2, b=0.75, stopwords="en", stemmer="porter")
+    path = build(tmp_path, method="lucene", k1=1.2, b=0.75)
     v = {t: i for i, t in enumerate(vocab)}
     for q in QUERIES:
         want = eng.get_scores([v[t] for t in tok.terms(q) if t in v])
@@ -398,7 +398,7 @@ def test_failed_rebuild_leaves_old_index(tmp_path, monkeypatch):
         BM25Indexer(path=path, k1=0.5)(docs(["entirely different corpus text"] * 3))
     monkeypatch.undo()
     after = BM25Retriever(index=path, k=3)([Query("q", "supersonic wing")])
-    assert after == before and json.loads((Path(path) / "params.json").read_text())["k1"] == 1.2
+    assert after == before and json.loads((Path(path) / "params.json").read_text())["k1"] == 1.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left behind
     # a successful rebuild replaces it
     BM25Indexer(path=path, k1=0.5)(docs(["entirely different corpus text"] * 3))
