@@ -1,0 +1,346 @@
+"""Block-attention passage-KV reuse with exact RoPE re-rotation and CacheBlend selective recompute.
+
+Assembly of one prompt (segments from :mod:`._prompt`) at query time:
+
+1. the shared prefix KV (computed once per model and prompt template);
+2. for each retrieved passage in ranked order: its glue tokens (``[i]``, rank-dependent, never
+   cached) and the passage block's cached KV, whose keys are re-rotated from the positions they
+   were computed at (right after the prefix) to their actual offset: a rotation by
+   ``delta = offset - start`` in every 2-d RoPE plane, exact because RoPE rotations compose;
+3. *recomputation* of a set R of tokens with full attention over everything before them: the glue
+   tokens always, plus -- in ``blend`` mode (CacheBlend, Yao et al. 2024) -- the fraction ``r`` of
+   passage tokens whose key/value states deviate most from full attention. The deviation is
+   measured on layer ``select_layers`` (the first layer whose KV depends on context): the first
+   ``select_layers`` layers are run with full causal attention over the whole sequence and the
+   resulting KV of that layer is compared with the reused KV (squared L2 over heads, K and V);
+4. the final block (question + instructions + generation prompt) is prefilled with full
+   attention over everything, and decoding continues normally.
+
+Step 3 runs as one forward pass of the R tokens at their real positions over a cache that holds
+the assembled KV of all positions; the fresh KV of R is appended to the cache and a custom 4-D
+mask hides the stale copies, so every R token attends to the fresh KV of earlier R tokens and to
+the reused KV of the rest. The fresh KV then replaces the stale entries in place.
+
+Only decoder-only RoPE models whose attention applies ``rotate_half`` rotary embeddings to the full
+head dimension with a static frequency table, with standard transformers caches and without
+sliding-window layers, are served (Llama, Qwen2, Mistral families; SmolLM2 is Llama);
+:func:`check_supported` refuses the rest with the reason.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ragkit._deps import require
+from ragkit.errors import ConfigError
+from ragkit.indexers._kvstore import KVStore, PassageKV
+
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+# -- model checks and RoPE ----------------------------------------------------------------------
+def _rope_type(config: Any) -> str:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return str(params.get("rope_type", params.get("type", "default")) or "default")
+
+
+def check_supported(model: Any) -> None:
+    """Raise ConfigError (saying why) when passage-KV reuse cannot serve this model exactly."""
+    cfg = model.config
+    name = f"{type(model).__name__} ({getattr(cfg, 'model_type', '?')})"
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ConfigError(f"kv_reuse: {name} is an encoder-decoder model; passage-KV reuse needs a "
+                          "decoder-only RoPE model (Llama, Qwen2, Mistral families). Use kv_reuse: none.")
+    try:
+        base = model.get_decoder()
+        layers, rotary = base.layers, base.rotary_emb
+        attn0 = layers[0].self_attn
+    except (AttributeError, IndexError, TypeError):
+        raise ConfigError(f"kv_reuse: {name} has no rotary position embedding with the standard "
+                          "transformers layout (model.layers[i].self_attn, model.rotary_emb); it cannot "
+                          "be served by passage-KV reuse. Use kv_reuse: none.") from None
+    mod = sys.modules.get(type(attn0).__module__)
+    if mod is None or not hasattr(mod, "rotate_half") or not hasattr(mod, "apply_rotary_pos_emb"):
+        raise ConfigError(f"kv_reuse: {name} does not use half-rotation RoPE; its keys cannot be "
+                          "re-rotated exactly. Use kv_reuse: none.")
+    rtype = _rope_type(cfg)
+    if rtype not in STATIC_ROPE_TYPES:
+        raise ConfigError(f"kv_reuse: {name} uses rope_type '{rtype}', whose frequencies depend on the "
+                          f"sequence length, so cached keys cannot be re-rotated exactly. Supported: "
+                          f"{', '.join(STATIC_ROPE_TYPES)}. Use kv_reuse: none.")
+    head_dim = getattr(attn0, "head_dim", None)
+    if head_dim is None or rotary.inv_freq.numel() * 2 != head_dim:
+        raise ConfigError(f"kv_reuse: {name} applies RoPE to part of the head dimension (partial rotary); "
+                          "not supported. Use kv_reuse: none.")
+    types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in types):
+        raise ConfigError(f"kv_reuse: {name} has non-full attention layers ({sorted(set(types))}); "
+                          "passage-KV reuse needs full attention in every layer. Use kv_reuse: none.")
+    if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
+        raise ConfigError(f"kv_reuse: {name} uses sliding-window attention; not supported. Use kv_reuse: none.")
+
+
+def rotate_keys(keys: Any, delta: int, inv_freq: Any) -> Any:
+    """Rotate post-RoPE keys ``[..., T, head_dim]`` by ``delta`` positions (exact RoPE composition).
+
+    The angles are computed in float64 and applied in the keys' dtype (float32 math for half types).
+    """
+    torch = require("torch")
+    if delta == 0:
+        return keys
+    ang = float(delta) * inv_freq.detach().to("cpu", torch.float64)
+    emb = torch.cat([ang, ang])
+    work = torch.float32 if keys.dtype in (torch.float16, torch.bfloat16) else keys.dtype
+    cos = emb.cos().to(keys.device, work)
+    sin = emb.sin().to(keys.device, work)
+    k = keys.to(work)
+    half = k.shape[-1] // 2
+    rot = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return (k * cos + rot * sin).to(keys.dtype)
+
+
+def _new_cache(model: Any, keys: Sequence[Any], values: Sequence[Any]) -> Any:
+    """A DynamicCache holding the given per-layer [B, H, T, D] tensors."""
+    transformers = require("transformers")
+    cache = transformers.DynamicCache(config=model.config)
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k, v, i)
+    return cache
+
+
+def _cache_kv(cache: Any) -> tuple[list[Any], list[Any]]:
+    if hasattr(cache, "layers"):
+        return [lay.keys for lay in cache.layers], [lay.values for lay in cache.layers]
+    return list(cache.key_cache), list(cache.value_cache)  # pragma: no cover - older transformers
+
+
+def _set_cache_kv(cache: Any, keys: Sequence[Any], values: Sequence[Any]) -> None:
+    for lay, k, v in zip(cache.layers, keys, values):
+        lay.keys, lay.values = k, v
+
+
+@dataclass
+class PrefillResult:
+    logits: Any                 # [1, vocab] next-token logits after the final block
+    cache: Any                  # DynamicCache of the whole prompt
+    length: int                 # prompt length in tokens
+    stats: dict = field(default_factory=dict)
+
+
+class KVReuseEngine:
+    """Computes passage blocks after a shared prefix, stores them, and assembles prompts."""
+
+    def __init__(self, model: Any, store: KVStore | None, prefix: Sequence[int]) -> None:
+        check_supported(model)
+        self.model = model
+        self.store = store
+        self.base = model.get_decoder()
+        self.inv_freq = self.base.rotary_emb.inv_freq
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.prefix = list(prefix)
+        self._prefix_kv: tuple[list[Any], list[Any]] | None = None
+
+    # -- prefix and blocks ---------------------------------------------------------------------------
+    def prefix_kv(self) -> tuple[list[Any], list[Any]]:
+        """Per-layer [1, H, P, D] KV of the shared prefix (empty tensors when there is no prefix)."""
+        torch = require("torch")
+        if self._prefix_kv is None:
+            if self.prefix:
+                with torch.no_grad():
+                    out = self.model(torch.tensor([self.prefix], device=self.device), use_cache=True,
+                                     logits_to_keep=1)
+                self._prefix_kv = tuple(list(x) for x in _cache_kv(out.past_key_values))  # type: ignore
+            else:
+                cfg = self.model.config
+                n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+                hd = self.base.layers[0].self_attn.head_dim
+                empty = torch.zeros(1, n_kv, 0, hd, device=self.device, dtype=self.dtype)
+                self._prefix_kv = ([empty] * len(self.base.layers), [empty] * len(self.base.layers))
+        return self._prefix_kv  # type: ignore[return-value]
+
+    def encode_blocks(self, blocks: Sequence[Sequence[int]]) -> list[PassageKV]:
+        """KV of each block computed on its own after the shared prefix (one right-padded batch)."""
+        torch = require("torch")
+        if not blocks:
+            return []
+        pk, pv = self.prefix_kv()
+        P = len(self.prefix)
+        B, T = len(blocks), max(len(b) for b in blocks)
+        if T == 0:
+            raise ValueError("empty passage block")
+        ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        mask = torch.zeros(B, P + T, dtype=torch.long, device=self.device)
+        mask[:, :P] = 1
+        for i, b in enumerate(blocks):
+            ids[i, : len(b)] = torch.tensor(list(b), dtype=torch.long)
+            mask[i, P: P + len(b)] = 1
+        cache = _new_cache(self.model, [k.expand(B, -1, -1, -1).contiguous() for k in pk],
+                           [v.expand(B, -1, -1, -1).contiguous() for v in pv])
+        pos = torch.arange(P, P + T, device=self.device).unsqueeze(0).expand(B, -1)
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        ks, vs = _cache_kv(out.past_key_values)
+        res = []
+        for i, b in enumerate(blocks):
+            n = len(b)
+            res.append(PassageKV(torch.tensor(list(b), dtype=torch.long),
+                                 torch.stack([k[i, :, P:P + n] for k in ks]),
+                                 torch.stack([v[i, :, P:P + n] for v in vs]), P))
+        return res
+
+    def get_blocks(self, texts: Sequence[str], blocks: Sequence[Sequence[int]], batch_size: int = 8
+                   ) -> tuple[list[PassageKV], int]:
+        """Cached KV of each block (computing and storing missing ones). Returns (entries, n computed)."""
+        out: list[PassageKV | None] = []
+        missing = []
+        for i, (t, b) in enumerate(zip(texts, blocks)):
+            kv = self.store.get(t, device=self.device, dtype=self.dtype) if self.store is not None else None
+            if kv is not None and (kv.start != len(self.prefix) or kv.ids.tolist() != list(b)):
+                kv = None  # a stale entry (other prefix length or tokenisation): recompute
+            out.append(kv)
+            if kv is None:
+                missing.append(i)
+        for j in range(0, len(missing), batch_size):
+            idx = missing[j: j + batch_size]
+            fresh = self.encode_blocks([blocks[i] for i in idx])
+            for i, kv in zip(idx, fresh):
+                if self.store is not None:
+                    kv = self.store.put(texts[i], kv).to(self.device, self.dtype)
+                out[i] = kv
+        return out, len(missing)  # type: ignore[return-value]
+
+    # -- assembly ------------------------------------------------------------------------------------
+    def prefill(self, glues: Sequence[Sequence[int]], entries: Sequence[PassageKV], final: Sequence[int],
+                *, recompute_ratio: float = 0.0, select_layers: int = 1) -> PrefillResult:
+        """Assemble prefix + (glue, cached block)* and prefill the rest; see the module docstring."""
+        torch = require("torch")
+        t0 = time.perf_counter()
+        pk, pv = self.prefix_kv()
+        P = len(self.prefix)
+        L = len(pk)
+        ids: list[int] = list(self.prefix)
+        keys: list[list[Any]] = [[k[0]] for k in pk]
+        vals: list[list[Any]] = [[v[0]] for v in pv]
+        recompute: list[int] = []          # positions always recomputed (glue)
+        passage_pos: list[int] = []        # positions of cached passage tokens
+        pos = P
+        for g, e in zip(glues, entries):
+            if g:
+                H, D = pk[0].shape[1], pk[0].shape[-1]
+                z = torch.zeros(H, len(g), D, device=self.device, dtype=self.dtype)
+                for layer in range(L):
+                    keys[layer].append(z)
+                    vals[layer].append(z)
+                recompute += range(pos, pos + len(g))
+                ids += list(g)
+                pos += len(g)
+            n = e.n_tokens
+            rk = rotate_keys(e.keys, pos - e.start, self.inv_freq)
+            for layer in range(L):
+                keys[layer].append(rk[layer])
+                vals[layer].append(e.values[layer])
+            passage_pos += range(pos, pos + n)
+            ids += e.ids.tolist()
+            pos += n
+        N = pos
+        K = [torch.cat(x, dim=1).unsqueeze(0) for x in keys]     # [1, H, N, D]
+        V = [torch.cat(x, dim=1).unsqueeze(0) for x in vals]
+        stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
+                                 "assemble_s": time.perf_counter() - t0}
+        sel: list[int] = []
+        if recompute_ratio > 0 and passage_pos:
+            t1 = time.perf_counter()
+            n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
+            if n_sel >= len(passage_pos):
+                sel = list(passage_pos)
+            else:
+                dev = self._deviation(ids, K, V, passage_pos, select_layers)
+                top = torch.topk(dev, n_sel).indices.tolist()
+                sel = sorted(passage_pos[i] for i in top)
+            stats["select_s"] = time.perf_counter() - t1
+        R = sorted(set(recompute) | set(sel))
+        stats["recomputed_tokens"] = len(R)
+        stats["recomputed_passage_tokens"] = len(sel)
+        cache = _new_cache(self.model, K, V)
+        with torch.no_grad():
+            if R:
+                t2 = time.perf_counter()
+                self._recompute(cache, ids, R, N)
+                stats["recompute_s"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            fin = torch.tensor([list(final)], device=self.device)
+            fpos = torch.arange(N, N + len(final), device=self.device).unsqueeze(0)
+            out = self.model(input_ids=fin, position_ids=fpos, past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            stats["final_s"] = time.perf_counter() - t3
+        return PrefillResult(out.logits[:, -1, :], out.past_key_values, N + len(final), stats)
+
+    def _recompute(self, cache: Any, ids: list[int], R: list[int], N: int) -> None:
+        """Recompute the KV of positions R with full attention; replace them in ``cache`` in place."""
+        torch = require("torch")
+        r = torch.tensor(R, device=self.device)
+        m = len(R)
+        allowed = torch.zeros(m, N + m, dtype=torch.bool, device=self.device)
+        allowed[:, :N] = torch.arange(N, device=self.device).unsqueeze(0) <= r.unsqueeze(1)
+        allowed[:, r] = False                                   # stale copies of recomputed tokens
+        allowed[:, N:] = r.unsqueeze(0) <= r.unsqueeze(1)        # fresh copies, causal by real position
+        mask = torch.zeros(1, 1, m, N + m, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        inp = torch.tensor([[ids[p] for p in R]], device=self.device)
+        self.model(input_ids=inp, position_ids=r.unsqueeze(0), attention_mask=mask, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1)
+        ks, vs = _cache_kv(cache)
+        newk, newv = [], []
+        for k, v in zip(ks, vs):
+            k2, v2 = k[:, :, :N].clone(), v[:, :, :N].clone()
+            k2[:, :, r] = k[:, :, N:]
+            v2[:, :, r] = v[:, :, N:]
+            newk.append(k2)
+            newv.append(v2)
+        _set_cache_kv(cache, newk, newv)
+
+    def _deviation(self, ids: list[int], K: list[Any], V: list[Any], passage_pos: list[int],
+                   select_layers: int) -> Any:
+        """Squared L2 deviation, per passage token, between reused KV and full-attention KV of layer
+        ``select_layers`` (the first ``select_layers`` layers run with full causal attention)."""
+        torch = require("torch")
+        from transformers.masking_utils import create_causal_mask
+
+        n_layers = len(self.base.layers)
+        li = max(1, min(select_layers, n_layers - 1))
+        x = torch.tensor([ids], device=self.device)
+        pos = torch.arange(len(ids), device=self.device).unsqueeze(0)
+        h = self.base.embed_tokens(x)
+        pe = self.base.rotary_emb(h, pos)
+        mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
+                                  past_key_values=None, position_ids=pos)
+        for layer in self.base.layers[:li]:
+            h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
+            if isinstance(h, tuple):
+                h = h[0]
+        lay = self.base.layers[li]
+        attn = lay.self_attn
+        xs = lay.input_layernorm(h)
+        shape = (1, len(ids), -1, attn.head_dim)
+        k = attn.k_proj(xs).view(shape).transpose(1, 2)
+        v = attn.v_proj(xs).view(shape).transpose(1, 2)
+        mod = sys.modules[type(attn).__module__]
+        cos, sin = pe
+        _, k = mod.apply_rotary_pos_emb(k, k, cos, sin)
+        p = torch.tensor(passage_pos, device=self.device)
+        dk = (k[0][:, p] - K[li][0][:, p]).float().pow(2).sum(dim=(0, 2))
+        dv = (v[0][:, p] - V[li][0][:, p]).float().pow(2).sum(dim=(0, 2))
+        return dk + dv
+
+    def full_prefill(self, ids: Sequence[int]) -> PrefillResult:
+        """Reference: one ordinary forward pass over the whole prompt."""
+        torch = require("torch")
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True,
+                             logits_to_keep=1)
+        return PrefillResult(out.logits[:, -1, :], out.past_key_values, len(ids), {})

@@ -1,0 +1,91 @@
+"""Offline resolution and loading of causal language models for the generators.
+
+A name is resolved in this order: a short name shipped in an installed package (see
+:data:`SHORT_NAMES`), a local folder, then a hub id already present in the local hub cache.
+Anything else raises :class:`ModelNotFoundError` that says how to get the model; there is no
+silent fallback to another model.
+
+GGUF checkpoints are dequantised once and cached as safetensors under
+``ragkit.artifacts.cache_dir()/models/<short name>`` so later loads take well under a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragkit._deps import require
+from ragkit.errors import ModelNotFoundError
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str          # what the user gave
+    path: str          # folder passed to from_pretrained (GGUF already dequantised to safetensors)
+    model_id: str      # stable identifier (upstream hub id for short names)
+    revision: str      # content fingerprint of the weights folder (config + weight file sizes)
+
+
+def _folder_revision(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".model", ".gguf"):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" and f.stat().st_size < 5_000_000:
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve(name: str, base_dir: str | Path | None = None) -> ResolvedModel:
+    """Resolve offline with :func:`ragkit.models.resolve_model`; GGUF is dequantised once and cached."""
+    from ragkit.models import materialize_gguf, resolve_model
+
+    res = resolve_model(name, base_dir=base_dir)
+    if res.kind not in ("hf", "gguf"):
+        raise ModelNotFoundError(f"model '{name}' resolves to a {res.kind!r} model, not a causal language "
+                                 "model; give e.g. smollm2-135m-instruct, a transformers folder or a cached hub id.")
+    folder = Path(materialize_gguf(res))
+    if not (folder / "config.json").exists():
+        raise ModelNotFoundError(f"model '{name}': {folder} holds no config.json (not a transformers causal LM folder).")
+    return ResolvedModel(name, str(folder), res.id or name, _folder_revision(folder))
+
+
+def pick_device(device: str) -> str:
+    torch = require("torch", "generation")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from ragkit.errors import ConfigError
+
+        raise ConfigError(f"device '{device}' asked for but CUDA is not available; use device: cpu or auto")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    torch = require("torch", "generation")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
+                   base_dir: str | Path | None = None):
+    """Load (tokenizer, model, ResolvedModel) in eval mode on the chosen device."""
+    transformers = require("transformers", "generation")
+    res = resolve(name, base_dir)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    impl = attn
+    if impl == "auto":
+        impl = "sdpa"
+        if dev.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None and dt != require("torch").float32:
+            impl = "flash_attention_2"
+    tok = transformers.AutoTokenizer.from_pretrained(res.path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(res.path, dtype=dt, attn_implementation=impl)
+    model.to(dev)
+    model.eval()
+    return tok, model, res

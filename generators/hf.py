@@ -1,0 +1,256 @@
+"""``generator.hf``: answer with any transformers causal LM, optionally reusing passage KV states.
+
+Prompts follow :mod:`._prompt` (chat template when the model has one, numbered passages with
+titles, the question last); answers carry citations (the doc ids of the passages cited as
+``[n]``) and timings (``prefill_s`` = time to first token, ``decode_s``, ``tokens_per_s``).
+
+``kv_reuse`` selects how the prompt is prefilled:
+
+- ``none``: one ordinary forward pass over the whole prompt (rows of a batch left-padded together);
+- ``plain``: passage blocks' KV from the store (computed once, each after the shared prefix only),
+  re-rotated to their offsets, then the final block is prefilled (Block-Attention / TurboRAG
+  without fine-tuning);
+- ``blend``: as ``plain``, plus CacheBlend selective recomputation of the ``recompute_ratio``
+  share of passage tokens whose KV deviates most from full attention (measured on layer
+  ``select_layers``).
+
+Missing store entries are computed and written at query time; ``indexer.kv`` fills the store at
+indexing time. See docs/kv_reuse.md.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable, Literal
+
+from ragkit.errors import ConfigError, StageInputError
+from ragkit.records import Answer, Ranking
+from ragkit.registry import register
+from ragkit.stage import ANSWERS, RANKINGS, Stage, param
+
+from ._prompt import PromptTemplate, build_segments, ids_hash, parse_citations, prefix_ids
+
+TokenCallback = Callable[[str, str], None]   # (qid, text piece)
+
+
+@register("generator.hf")
+class HFGenerator(Stage):
+    """Generate answers with a transformers causal LM (optionally with passage-KV reuse)."""
+
+    model: str = param("smollm2-135m-instruct", help="short name, local folder or cached hub id")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", help="where to run the model")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = param(
+        "auto", help="model dtype (auto: float32 on CPU, bfloat16/float16 on CUDA)")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = param(
+        "auto", help="attention kernel (auto: flash attention on CUDA when installed, else sdpa)")
+    max_new_tokens: int = param(64, ge=1, help="most tokens generated per answer")
+    do_sample: bool = param(False, help="sample instead of greedy decoding")
+    temperature: float = param(1.0, gt=0, help="sampling temperature")
+    top_k: int = param(0, ge=0, help="sample from the k most likely tokens (0 = off)")
+    top_p: float = param(1.0, gt=0, le=1, help="nucleus sampling mass")
+    repetition_penalty: float = param(1.0, gt=0, help="penalty for repeating generated tokens (1 = off)")
+    seed: int = param(-1, help="random seed for sampling (-1 = random)")
+    stop: list[str] = param([], help="stop generating at any of these strings (not included)")
+    batch_size: int = param(8, ge=1, help="prompts per forward pass (kv_reuse: none)")
+    max_passages: int = param(10, ge=0, help="use at most this many top hits as passages")
+    max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (0 = no cut)")
+    system_prompt: str = param("", help="system message (empty = the built-in instructions)")
+    instruction: str = param("", help="instruction after the question (empty = built-in)")
+    chat_template: bool = param(True, help="use the tokenizer's chat template when it has one")
+    kv_reuse: Literal["none", "plain", "blend"] = param("none", help="passage-KV reuse mode")
+    recompute_ratio: float = param(0.15, ge=0, le=1, help="blend: share of passage tokens recomputed")
+    select_layers: int = param(1, ge=1, help="blend: measure KV deviation on this layer")
+    kv_store: str = param("", help="passage KV store folder (empty = <cache>/kv)")
+    kv_store_dtype: Literal["auto", "float32", "float16", "bfloat16"] = param(
+        "auto", help="dtype of stored passage KV (auto = model dtype)")
+    kv_memory_mb: int = param(1024, ge=0, help="in-memory LRU of passage KV, in MiB")
+    kv_write: bool = param(True, help="write passage KV computed at query time to disk")
+    stream: bool = param(False, help="print answer tokens to stdout as they are generated")
+
+    input_kind = RANKINGS
+    output_kind = ANSWERS
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({"text"})
+
+    def provides(self) -> frozenset[str]:
+        return frozenset({"answer", "citations"})
+
+    def validate(self) -> None:
+        if self.do_sample is False and (self.top_k or self.top_p < 1.0 or self.temperature != 1.0):
+            raise ConfigError(f"'{self.key}': temperature/top_k/top_p only apply with do_sample: true "
+                              "(parameter 'do_sample').")
+        if self.kv_reuse == "plain" and self.recompute_ratio not in (0.0, 0.15):
+            raise ConfigError(f"'{self.key}': parameter 'recompute_ratio' is {self.recompute_ratio} but "
+                              "kv_reuse is 'plain' (r = 0); use kv_reuse: blend to recompute tokens.")
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from ._model import load_causal_lm
+
+        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, self.attn_implementation,
+                                         base_dir=self.__dict__.get("_base_dir"))
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        d = self.__dict__
+        d["_tok"], d["_model"], d["_resolved"] = tok, model, res
+        d["_template"] = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
+                                        instruction=self.instruction or PromptTemplate.instruction,
+                                        use_chat_template=self.chat_template)
+        d["_prefix"] = prefix_ids(tok, d["_template"])
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tok.eos_token_id is not None:
+            eos.append(tok.eos_token_id)
+        d["_eos"] = sorted(set(eos))
+        d["_model_lock"] = threading.Lock()
+        d.setdefault("_callback", None)
+        d["_engine"] = self._make_engine() if self.kv_reuse != "none" else None
+
+    def _make_engine(self) -> Any:
+        from pathlib import Path
+
+        from ragkit.artifacts import cache_dir, resolve_path
+        from ragkit.indexers._kvstore import KVStore, tokenizer_fingerprint
+
+        from ._kvreuse import KVReuseEngine
+
+        d = self.__dict__
+        model, tok, res = d["_model"], d["_tok"], d["_resolved"]
+        root = resolve_path(self.kv_store, d.get("_base_dir")) if self.kv_store else cache_dir() / "kv"
+        store_dt = self.kv_store_dtype
+        if store_dt == "auto":
+            store_dt = str(next(model.parameters()).dtype).replace("torch.", "")
+        store = KVStore(Path(root), kv_namespace(res, tok, d["_prefix"]), storage_dtype=store_dt,
+                        memory_bytes=self.kv_memory_mb << 20, write=self.kv_write)
+        return KVReuseEngine(model, store, d["_prefix"])
+
+    def set_stream_callback(self, fn: TokenCallback | None) -> "HFGenerator":
+        """Call ``fn(qid, piece)`` with each piece of answer text as it is generated."""
+        self.__dict__["_callback"] = fn
+        return self
+
+    # -- running ---------------------------------------------------------------------------------
+    def _decode_params(self) -> Any:
+        from ._decode import DecodeParams
+
+        return DecodeParams(self.max_new_tokens, self.do_sample, self.temperature, self.top_k, self.top_p,
+                            self.repetition_penalty, tuple(self.stop), None if self.seed < 0 else self.seed)
+
+    def _passages(self, r: Ranking) -> list[Any]:
+        hits = list(r.hits[: self.max_passages])
+        for h in hits:
+            if h.text is None:
+                raise StageInputError(f"'{self.key}': hit {h.key!r} of query {r.qid!r} has no text. Add "
+                                      "`text: true` to the retriever or a lookup stage before the generator.")
+        return hits
+
+    def _callback_for(self, qids: list[str]) -> Any:
+        cb = self.__dict__.get("_callback")
+        if cb is None and self.stream:
+            def cb(qid: str, piece: str) -> None:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        if cb is None:
+            return None
+        return lambda row, piece: cb(qids[row], piece)
+
+    def run(self, batch: list[Ranking]) -> list[Answer]:
+        for r in batch:
+            if not isinstance(r, Ranking):
+                raise StageInputError(f"'{self.key}' takes rankings, got {type(r).__name__}")
+        out: list[Answer] = []
+        if self.kv_reuse == "none":
+            for i in range(0, len(batch), self.batch_size):
+                out += self._run_full(batch[i: i + self.batch_size])
+        else:
+            for r in batch:
+                out.append(self._run_reuse(r))
+        return out
+
+    def _segments(self, r: Ranking, hits: list[Any]) -> Any:
+        d = self.__dict__
+        return build_segments(d["_tok"], d["_template"], r.query.text,
+                              [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
+                              self.max_passage_tokens, prefix=d["_prefix"])
+
+    def _run_full(self, batch: list[Ranking]) -> list[Answer]:
+        import torch
+
+        from ._decode import decode
+
+        d = self.__dict__
+        model = d["_model"]
+        dev = next(model.parameters()).device
+        hits = [self._passages(r) for r in batch]
+        rows = [self._segments(r, h).ids() for r, h in zip(batch, hits)]
+        T = max(len(x) for x in rows)
+        pad = d["_tok"].pad_token_id
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.long)
+        for i, x in enumerate(rows):
+            ids[i, T - len(x):] = torch.tensor(x)
+            mask[i, T - len(x):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cb = self._callback_for([r.qid for r in batch])
+        with d["_model_lock"], torch.no_grad():
+            t0 = time.perf_counter()
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            dec = decode(model, d["_tok"], res.logits[:, -1, :], res.past_key_values, params=self._decode_params(),
+                         eos_ids=d["_eos"], next_pos=pos[:, -1] + 1, attention_mask=mask, on_token=cb, t_start=t0)
+        return [self._answer(r, h, o, len(x), {}) for r, h, o, x in zip(batch, hits, dec, rows)]
+
+    def _run_reuse(self, r: Ranking) -> Answer:
+        import torch
+
+        from ._decode import decode
+
+        d = self.__dict__
+        eng = d["_engine"]
+        hits = self._passages(r)
+        seg = self._segments(r, hits)
+        cb = self._callback_for([r.qid])
+        with d["_model_lock"], torch.no_grad():
+            t0 = time.perf_counter()
+            entries, computed = eng.get_blocks(seg.block_texts, seg.blocks)
+            t_kv = time.perf_counter() - t0
+            ratio = self.recompute_ratio if self.kv_reuse == "blend" else 0.0
+            pre = eng.prefill(seg.glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers)
+            nxt = torch.tensor([pre.length], device=pre.logits.device)
+            dec = decode(d["_model"], d["_tok"], pre.logits, pre.cache, params=self._decode_params(),
+                         eos_ids=d["_eos"], next_pos=nxt, on_token=cb, t_start=t0)
+        extra = {"kv_load_s": t_kv, "kv_blocks_computed": computed, **pre.stats}
+        return self._answer(r, hits, dec[0], pre.length, extra)
+
+    def _answer(self, r: Ranking, hits: list[Any], o: Any, n_prompt: int, extra: dict) -> Answer:
+        nums, bad = parse_citations(o.text, len(hits))
+        cites = []
+        for n in nums:
+            doc = hits[n - 1].doc_id
+            if doc not in cites:
+                cites.append(doc)
+        n_gen = len(o.token_ids)
+        timings = {"prefill_s": o.ttft_s, "ttft_s": o.ttft_s, "decode_s": o.decode_s,
+                   "generate_s": o.ttft_s + o.decode_s,
+                   "tokens_per_s": (n_gen - 1) / o.decode_s if n_gen > 1 and o.decode_s > 0 else 0.0}
+        for k in ("retrieval_s", "retrieval"):
+            v = (r.hits[0].meta or {}).get(k) if r.hits else None
+            if isinstance(v, (int, float)):
+                timings["retrieval_s"] = float(v)
+        meta = {"model": self.model, "prompt_tokens": n_prompt, "new_tokens": n_gen, "finish": o.finish,
+                "kv_reuse": self.kv_reuse, "cited_numbers": nums}
+        if bad:
+            meta["invalid_citations"] = bad
+        meta.update({k: v for k, v in extra.items() if not k.endswith("_s")})
+        timings.update({k: float(v) for k, v in extra.items() if k.endswith("_s")})
+        return Answer(r.qid, o.text, tuple(cites), timings, meta, ranking=r, query=r.query)
+
+
+def kv_namespace(res: Any, tokenizer: Any, prefix: list[int]) -> dict:
+    """What a passage-KV store entry depends on besides the passage text."""
+    from ragkit.indexers._kvstore import tokenizer_fingerprint
+
+    return {"model_id": res.model_id, "revision": res.revision, "tokenizer": tokenizer_fingerprint(tokenizer),
+            "prefix": ids_hash(prefix), "prefix_tokens": len(prefix)}

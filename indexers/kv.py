@@ -1,0 +1,93 @@
+"""``indexer.kv``: precompute the passage KV store for ``generator.hf`` with ``kv_reuse``.
+
+Each chunk becomes one passage block (``Title: <title>\\n<text>``, as the generator formats it),
+encoded on its own after the shared prefix of the generator's prompt, in batches, and written to
+the store (safetensors, one file per block). Blocks already in the store are skipped, so the stage
+is incremental. The generator finds these entries only when its model, prompt (system prompt,
+chat template), ``max_passage_tokens`` and store dtype match; other settings make a separate
+namespace in the same store folder. Chunks pass through unchanged.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from ragkit.records import Chunk
+from ragkit.registry import register
+from ragkit.stage import CHUNKS, Stage, param
+
+
+@register("indexer.kv")
+class KVIndexer(Stage):
+    """Precompute passage key/value states (one block per chunk) into the passage KV store."""
+
+    model: str = param("smollm2-135m-instruct", help="causal LM (must match the generator's)")
+    store: str = param("", help="store folder (empty = <cache>/kv, the generator's default)")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", help="where to run the model")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = param("auto", help="model dtype")
+    store_dtype: Literal["auto", "float32", "float16", "bfloat16"] = param(
+        "auto", help="dtype of stored KV (auto = model dtype)")
+    batch_size: int = param(8, ge=1, help="passages per forward pass")
+    max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (as the generator)")
+    system_prompt: str = param("", help="system message (must match the generator's)")
+    chat_template: bool = param(True, help="use the chat template (must match the generator's)")
+
+    input_kind = CHUNKS
+    output_kind = CHUNKS
+
+    def _setup(self) -> None:
+        from ragkit.generators.hf import HFGenerator
+
+        gen = HFGenerator(model=self.model, device=self.device, dtype=self.dtype, kv_reuse="plain",
+                          kv_store=self.store, kv_store_dtype=self.store_dtype, kv_memory_mb=0,
+                          max_passage_tokens=self.max_passage_tokens, system_prompt=self.system_prompt,
+                          chat_template=self.chat_template)
+        gen.__dict__["_base_dir"] = self.__dict__.get("_base_dir")
+        gen.setup()
+        self.__dict__["_gen"] = gen
+
+    @property
+    def kv_store(self) -> Any:
+        """The underlying :class:`~ragkit.indexers._kvstore.KVStore` (after setup)."""
+        return self.setup().__dict__["_gen"].__dict__["_engine"].store
+
+    def run(self, batch: list[Chunk]) -> list[Chunk]:
+        from ragkit.generators._prompt import block_text, tokenize
+
+        gen = self.__dict__["_gen"]
+        eng = gen.__dict__["_engine"]
+        tok = gen.__dict__["_tok"]
+        store = eng.store
+        todo: dict[str, list[int]] = {}
+        for c in batch:
+            bt = block_text(c.text, (c.meta or {}).get("title"))
+            if not bt or bt in todo or bt in store:
+                continue
+            ids = tokenize(tok, bt)
+            if self.max_passage_tokens and len(ids) > self.max_passage_tokens:
+                ids = ids[: self.max_passage_tokens]
+            if ids:
+                todo[bt] = ids
+        # similar lengths together: less padding per batch
+        items = sorted(todo.items(), key=lambda kv: len(kv[1]))
+        progress = self.__dict__.get("_progress")
+        from tqdm.auto import tqdm
+        import sys
+
+        show = progress if progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=len(items), desc="passage KV", unit="passage", disable=not show)
+        t0 = time.perf_counter()
+        for i in range(0, len(items), self.batch_size):
+            part = items[i: i + self.batch_size]
+            with gen.__dict__["_model_lock"]:
+                for (bt, _), kv in zip(part, eng.encode_blocks([ids for _, ids in part])):
+                    store.put(bt, kv)
+            bar.update(len(part))
+        bar.close()
+        self.__dict__["_last_stats"] = {"computed": len(items), "skipped": len(batch) - len(items),
+                                        "seconds": time.perf_counter() - t0, "store": str(store.folder)}
+        return list(batch)
+
+    def store_folder(self) -> Path:
+        return self.kv_store.folder
