@@ -137,8 +137,10 @@ def _hit_json(h: Any) -> dict:
     return d
 
 
-def _print_results(results: list, fmt: str, show: int, out=sys.stdout) -> None:
+def _print_results(results: list, fmt: str, show: int, out=None) -> None:
     from .records import Answer
+
+    out = out or sys.stdout
 
     for r in results:
         ranking = r.ranking if isinstance(r, Answer) else r

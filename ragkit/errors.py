@@ -29,7 +29,7 @@ class DataError(RagkitError):
     """A data file (corpus, queries, qrels, dataset) cannot be read."""
 
 
-class IndexError_(RagkitError):
+class IndexArtifactError(RagkitError):
     """An index folder is missing, corrupt or was built with other parameters."""
 
 
@@ -41,8 +41,8 @@ class ModelNotFoundError(RagkitError):
     """A model name does not resolve offline."""
 
 
-# public alias without the trailing underscore clash with the builtin
-IndexArtifactError = IndexError_
+# older name, kept as an alias
+IndexError_ = IndexArtifactError
 
 
 def did_you_mean(given: str, choices: Iterable[str]) -> str:

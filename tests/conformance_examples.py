@@ -61,4 +61,4 @@ def _fusion(name: str, tmp: Path):
 
     idx = _bm25_index(tmp)
     return getattr(fusion, name)(retrievers=[BM25Retriever(index=idx, k=3, text=True),
-                                            BM25Retriever(index=idx, k=2, b=0.5, text=True)], k=3)
+                                            BM25Retriever(index=idx, k=2, text=True)], k=3)
