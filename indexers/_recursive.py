@@ -21,6 +21,7 @@ is only whitespace (LangChain emits it unstripped).
 from __future__ import annotations
 
 import re
+from collections import deque
 
 Span = tuple[int, int]
 DEFAULT_SEPARATORS = ("\n\n", "\n", ". ", " ", "")
@@ -51,7 +52,7 @@ def recursive_split(text: str, chunk_size: int, chunk_overlap: int,
 
     def merge(pieces: list[Span]) -> list[Span]:
         out: list[Span] = []
-        cur: list[Span] = []
+        cur: deque[Span] = deque()
         total = 0
         for d in pieces:
             n = d[1] - d[0]
@@ -62,7 +63,7 @@ def recursive_split(text: str, chunk_size: int, chunk_overlap: int,
                         out.append(s)
                     while total > chunk_overlap or (total + n > chunk_size and total > 0):
                         total -= cur[0][1] - cur[0][0]
-                        cur.pop(0)
+                        cur.popleft()
             cur.append(d)
             total += n
         if cur:

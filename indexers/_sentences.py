@@ -68,8 +68,9 @@ def _is_boundary(text: str, m: re.Match) -> bool:
     if len(word) == 1 and word.isalpha() and word.isupper():
         return False  # an initial: J. Smith
     if word.isdigit() and len(word) <= 3:
-        line_start = text.rfind("\n", 0, k) + 1
-        if not text[line_start:k].strip():
+        lo = max(0, k - 80)
+        nl = text.rfind("\n", lo, k)
+        if (nl >= 0 or lo == 0) and not text[nl + 1:k].strip():
             return False  # an enumerated list item: "1. First"
     return True
 

@@ -41,13 +41,18 @@ def extract_text(data: bytes) -> tuple[str, str | None]:
 
 
 _ATX = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.M)
-_FRONT_TITLE = re.compile(r"\A---\s*\n(?:.*\n)*?title:\s*[\"']?(.+?)[\"']?\s*\n(?:.*\n)*?---\s*\n")
+_FRONT_TITLE = re.compile(r"^title:[ \t]*[\"']?(.*?)[\"']?[ \t]*$", re.M)
 
 
 def extract_markdown(data: bytes) -> tuple[str, str | None]:
     """The Markdown source as text; title from YAML front matter ``title:`` or the first ``# `` heading."""
     text = decode_utf8(data)
-    m = _FRONT_TITLE.match(text) or _ATX.search(text)
+    m = None
+    if text.startswith("---\n") or text.startswith("---\r\n"):
+        end = text.find("\n---", 3)
+        if end > 0:
+            m = _FRONT_TITLE.search(text, 3, end)
+    m = m if m is not None and m.group(1).strip() else _ATX.search(text)
     return text, (m.group(1).strip() if m else None)
 
 

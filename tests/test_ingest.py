@@ -322,3 +322,11 @@ def test_corrupt_manifest_means_full_read(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json", encoding="utf-8")
     assert Manifest.load(tmp_path) is None
     assert Manifest.load(tmp_path / "nothing-here") is None
+
+
+def test_markdown_title_from_front_matter_or_heading(tmp_path):
+    write(tmp_path / "a.md", '---\ntitle: "Front Title"\ndate: 2024\n---\n# Heading\nbody')
+    write(tmp_path / "b.md", "intro\n\n## Sub\n# Main Heading #\nbody")
+    write(tmp_path / "c.md", "no heading at all")
+    docs = read_documents(tmp_path)
+    assert [d.title for d in docs] == ["Front Title", "Main Heading", None]
