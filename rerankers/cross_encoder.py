@@ -1,0 +1,126 @@
+"""monoBERT cross-encoder reranker (Nogueira & Cho, "Passage Re-ranking with BERT", 2019).
+
+The input is ``[CLS] query [SEP] passage [SEP]`` (segment ids 0/1 where the model uses them); the
+query keeps at most ``query_max_tokens`` tokens and the passage is cut so the pair fits
+``max_length``. The score is the relevance logit of a one-output head, or log P(relevant) of a
+two-class head (same order as P(relevant), without float saturation at 1.0).
+
+Any sequence-classification checkpoint loads, by local folder or hub id (for instance
+``cross-encoder/ms-marco-MiniLM-L-6-v2`` where a user has it, or a model trained with
+``ragkit train-reranker``). A checkpoint without a classification head (an embedding model
+such as all-MiniLM-L6-v2) is refused with a clear error instead of scoring with a random head.
+
+Scoring uses transformers directly (faster here than sentence-transformers' CrossEncoder:
+pairs are tokenized once, sorted by length and padded per batch; see benchmarks/bench_rerank.py),
+under ``torch.inference_mode``, in bfloat16/float16 on GPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from ragkit._deps import require
+from ragkit.errors import ConfigError
+from ragkit.registry import register
+from ragkit.stage import param
+
+from ._base import RerankerBase, cut_many, load_error, pick_device, pick_dtype, score_sorted
+
+
+def check_classifier_checkpoint(path: str, name: str, key: str = "reranker.cross_encoder") -> None:
+    """Refuse a local checkpoint whose config names no sequence-classification architecture."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    archs = data.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        st = " It is a sentence-transformers embedding model." if (Path(path) / "modules.json").exists() else ""
+        raise ConfigError(
+            f"'{key}': parameter 'model' is {name!r}, a checkpoint without a sequence-classification head "
+            f"(architectures: {archs or 'none'}).{st} A cross-encoder needs a model trained to score "
+            f"(query, passage) pairs: train one with `ragkit train-reranker --model {name} ...` and pass its "
+            f"output folder, or give a *ForSequenceClassification checkpoint.")
+
+
+@register("reranker.cross_encoder")
+class CrossEncoderReranker(RerankerBase):
+    """monoBERT: rescore (query, passage) pairs with a sequence-classification cross-encoder."""
+
+    model: str = param(help="sequence-classification checkpoint: local folder or hub id")
+
+    def _setup(self) -> None:
+        torch = require("torch", "cross-encoder reranking")
+        tf = require("transformers", "cross-encoder reranking")
+        path = self._model_path()
+        check_classifier_checkpoint(path, self.model, self.key)
+        try:
+            tok = tf.AutoTokenizer.from_pretrained(path)
+            model, info = tf.AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+        except (OSError, ValueError) as exc:
+            raise load_error(self.model, exc) from exc
+        missing = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
+        if missing:
+            raise ConfigError(f"'{self.key}': checkpoint {self.model!r} lacks trained weights for {sorted(missing)[:4]}; "
+                              f"its classification head would be random. Give a trained cross-encoder checkpoint.")
+        n = model.config.num_labels
+        if n not in (1, 2):
+            raise ConfigError(f"'{self.key}': checkpoint {self.model!r} has a {n}-class head; a relevance "
+                              f"cross-encoder has 1 output (a logit) or 2 (not relevant, relevant).")
+        dev = pick_device(self.device)
+        model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
+        d = self.__dict__
+        d["_tok"], d["_model"], d["_dev"], d["_torch"] = tok, model, dev, torch
+        d["_n_special"] = tok.num_special_tokens_to_add(pair=True)
+
+    def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[dict], list[bool]]:
+        """Tokenize pairs with the query cut to its budget and the passage to the rest."""
+        tok = self.__dict__["_tok"]
+        uq = sorted(set(queries))
+        cut_q, _, _ = cut_many(tok, uq, self.query_max_tokens)
+        qmap = dict(zip(uq, cut_q))
+        qs = [qmap[q] for q in queries]
+        enc = tok(qs, list(passages), truncation="only_second", max_length=self.max_length,
+                  return_overflowing_tokens=False, return_length=False)
+        # a passage was cut when its own token count exceeds the room the pair left it
+        p_lens = tok(list(passages), add_special_tokens=False, return_length=True)["length"]
+        q_lens = {q: n for q, n in zip(uq, tok(cut_q, add_special_tokens=False, return_length=True)["length"])}
+        n_sp = self.__dict__["_n_special"]
+        rows, cut = [], []
+        for i in range(len(qs)):
+            row = {"input_ids": enc["input_ids"][i]}
+            if "token_type_ids" in enc:
+                row["token_type_ids"] = enc["token_type_ids"][i]
+            rows.append(row)
+            cut.append(q_lens[queries[i]] + p_lens[i] + n_sp > self.max_length)
+        return rows, cut
+
+    def _forward(self, rows: list[dict]) -> list[float]:
+        torch = self.__dict__["_torch"]
+        tok, model, dev = self.__dict__["_tok"], self.__dict__["_model"], self.__dict__["_dev"]
+        n = max(len(r["input_ids"]) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(rows), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        tt = torch.zeros((len(rows), n), dtype=torch.long) if "token_type_ids" in rows[0] else None
+        for i, r in enumerate(rows):
+            m = len(r["input_ids"])
+            ids[i, :m] = torch.tensor(r["input_ids"])
+            mask[i, :m] = 1
+            if tt is not None:
+                tt[i, :m] = torch.tensor(r["token_type_ids"])
+        kw: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+        if tt is not None:
+            kw["token_type_ids"] = tt.to(dev)
+        with torch.inference_mode():
+            logits = model(**kw).logits.float()
+        if logits.shape[-1] == 1:
+            return logits[:, 0].tolist()
+        return torch.log_softmax(logits, dim=-1)[:, 1].tolist()
+
+    def score_pairs(self, queries: Sequence[str], passages: Sequence[str],
+                    sizes: Sequence[int] | None = None) -> tuple[list[float], list[bool]]:
+        self.setup()
+        rows, cut = self.encode_pairs(queries, passages)
+        return score_sorted(rows, self.batch_size, self._forward), cut
