@@ -11,7 +11,7 @@ from ragkit.errors import ConfigError, DataError
 from ragkit.eval import Dataset, EvalResult, evaluate
 from ragkit.pipeline import Pipeline
 from ragkit.records import Document, Hit, Query, Ranking
-from ragkit.registry import register
+from ragkit import registry
 from ragkit.stage import QUERIES, RANKINGS, Stage, param
 from ragkit.testing import EchoGenerator, OverlapReranker, tokens
 
@@ -32,12 +32,12 @@ ANSWERS = {"q1": ["Paris"], "q2": ["yellow"], "q3": ["Berlin"], "q4": ["the Sein
 TEXT = {d.doc_id: d.text for d in CORPUS}
 
 
-@register("retriever.evaltest")
 class ToyOverlapRetriever(Stage):
     """Test retriever: scores documents by shared query tokens (or the reverse order)."""
 
-    k: int = param(10, ge=1)
-    reverse: bool = param(False)
+    key = "retriever.evaltest"  # registered only while a test of this module runs (see the fixture)
+    k: int = param(10, ge=1, help="hits kept")
+    reverse: bool = param(False, help="rank the worst matches first")
     chunked: bool = param(False, help="return every document twice, as two chunks")
     input_kind = QUERIES
     output_kind = RANKINGS
@@ -58,6 +58,13 @@ class ToyOverlapRetriever(Stage):
                     hits.append(Hit(q.qid, d.doc_id, s - 0.5, 0, d.text, chunk_id=f"{d.doc_id}#1"))
             out.append(Ranking(q, tuple(hits)).top(self.k))
         return out
+
+
+@pytest.fixture(autouse=True)
+def _registered(monkeypatch):
+    """Register the toy retriever for YAML round trips without leaking it into other test modules."""
+    registry.keys()  # load the built-ins first
+    monkeypatch.setitem(registry._REGISTRY, ToyOverlapRetriever.key, ToyOverlapRetriever)
 
 
 @pytest.fixture
