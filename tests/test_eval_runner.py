@@ -60,6 +60,13 @@ class ToyOverlapRetriever(Stage):
         return out
 
 
+class _Exploding(ToyOverlapRetriever):
+    """Fails when run: evaluate must reject bad arguments before running anything."""
+
+    def run(self, batch):
+        raise AssertionError("the pipeline ran")
+
+
 @pytest.fixture(autouse=True)
 def _registered(monkeypatch):
     """Register the toy retriever for YAML round trips without leaking it into other test modules."""
@@ -184,6 +191,8 @@ def test_errors(ds):
         evaluate(good(), ds, ["AP"], batch_size=0, progress=False)
     with pytest.raises(ConfigError, match="unknown metric"):
         evaluate(good(), ds, ["nDCG@ten"], progress=False)
+    with pytest.raises(ConfigError, match="alpha_nDCG@10"):  # parses, but no installed provider computes it
+        evaluate(Pipeline([_Exploding()]), ds, ["alpha_nDCG@10"], progress=False)
     no_qrels = Dataset("plain", list(CORPUS), list(QUERIES_))
     with pytest.raises(DataError, match="no qrels"):
         evaluate(good(), no_qrels, ["AP"], progress=False)

@@ -84,6 +84,8 @@ def _choose_metrics(metrics: Any, ds: Dataset, pipes: dict[str, Any]) -> list[Me
                              "that ends in a generator)") + "; nothing to evaluate.")
         return parse_metrics(names)
     parsed = parse_metrics(metrics)
+    # fail before running any pipeline when no installed ir-measures provider computes a measure
+    ir_per_query([m for m in parsed if m.kind == "ir"], {"q": {"d": 1}}, {"q": {"d": 0.0}})
     if any(m.kind == "ir" for m in parsed) and not ds.judged_qids():
         raise DataError(f"dataset {ds.name!r} has no qrels with a relevant document; IR metrics "
                         f"({', '.join(m.name for m in parsed if m.kind == 'ir')}) cannot be computed.")
