@@ -1,0 +1,309 @@
+"""Passage-KV reuse: exactness against full attention (fp32), store, indexer, refusals.
+
+(1) one passage: reuse == full prefill; (2) re-rotation by d == encoding at offset d;
+(3) no shared prefix, several passages: reuse == one forward pass with a block 4-D mask and the real
+position ids; (4) recompute ratio 1 == full prefill. Tiny random Llama here (fast); the same on
+SmolLM2 in the model-marked tests at the end.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
+from ragkit.generators._kvreuse import KVReuseEngine, _cache_kv, check_supported, rotate_keys  # noqa: E402
+from ragkit.indexers._kvstore import KVStore, PassageKV  # noqa: E402
+
+from ._tinylm import make_tiny_lm  # noqa: E402
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                   rope_theta=10000.0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def rand_ids(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 120, (n,), generator=g).tolist()
+
+
+def block_reference(model, pieces, blocks_mask):
+    """One forward pass with a custom 4-D mask: tokens of a passage block attend only to their block
+    (and to the prefix, piece kind 'prefix'); every other token attends causally to everything."""
+    ids, owner = [], []
+    for kind, toks in pieces:
+        ids += toks
+        owner += [kind] * len(toks)
+    n = len(ids)
+    allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    for i in range(n):
+        if isinstance(owner[i], int):     # a passage block
+            allowed[i] &= torch.tensor([o == owner[i] or o == "prefix" for o in owner])
+    mask = torch.zeros(1, 1, n, n).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), attention_mask=mask, position_ids=torch.arange(n)[None],
+                    use_cache=True)
+    return out.logits[:, -1], out.past_key_values
+
+
+def test_1_single_passage_equals_full_prefill(tiny):
+    prefix, p, fin = rand_ids(6, 1), rand_ids(30, 2), rand_ids(8, 3)
+    eng = KVReuseEngine(tiny, None, prefix)
+    got = eng.prefill([[]], eng.encode_blocks([p]), fin)
+    ref = eng.full_prefill(prefix + p + fin)
+    assert torch.allclose(got.logits, ref.logits, atol=ATOL, rtol=0)
+    for a, b in zip(_cache_kv(got.cache)[0], _cache_kv(ref.cache)[0]):
+        assert torch.allclose(a, b, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("d", [1, 37, 100])
+def test_2_rerotation_equals_encoding_at_offset(tiny, d):
+    p = rand_ids(25, 4)
+    x = torch.tensor([p])
+
+    def kv_at(start):
+        with torch.no_grad():
+            o = tiny(input_ids=x, position_ids=torch.arange(start, start + len(p))[None], use_cache=True)
+        return _cache_kv(o.past_key_values)
+
+    (k0, v0), (kd, vd) = kv_at(0), kv_at(d)
+    inv = tiny.model.rotary_emb.inv_freq
+    for a, b in zip(k0, kd):
+        assert torch.allclose(rotate_keys(a, d, inv), b, atol=ATOL, rtol=0)
+        assert not torch.allclose(a, b, atol=ATOL, rtol=0)      # the rotation did something
+    for a, b in zip(v0, vd):
+        assert torch.allclose(a, b, atol=ATOL, rtol=0)
+
+
+def test_3_several_passages_equal_block_mask_forward(tiny):
+    ps = [rand_ids(n, 10 + n) for n in (20, 13, 27)]
+    glues = [rand_ids(2, 50 + i) for i in range(3)]
+    fin = rand_ids(7, 60)
+    eng = KVReuseEngine(tiny, None, [])
+    got = eng.prefill(glues, eng.encode_blocks(ps), fin)
+    pieces = []
+    for i, (g, p) in enumerate(zip(glues, ps)):
+        pieces += [("glue", g), (i, p)]
+    ref_logits, ref_cache = block_reference(tiny, pieces + [("final", fin)], None)
+    assert torch.allclose(got.logits, ref_logits, atol=ATOL, rtol=0)
+    for a, b in zip(_cache_kv(got.cache)[0], _cache_kv(ref_cache)[0]):
+        assert torch.allclose(a, b, atol=ATOL, rtol=0)
+    # and it is not the same as full attention (the blocks did not see each other)
+    full = eng.full_prefill([t for _, toks in pieces for t in toks] + fin)
+    assert not torch.allclose(got.logits, full.logits, atol=ATOL, rtol=0)
+
+
+def test_cached_block_is_reused_across_queries_and_offsets(tiny):
+    """One cached entry serves prompts where the passage sits at different offsets."""
+    prefix, p, q = rand_ids(5, 70), rand_ids(18, 71), rand_ids(9, 74)
+    eng = KVReuseEngine(tiny, None, [])
+    e_p, e_q = eng.encode_blocks([p, q])
+    fin = rand_ids(6, 72)
+    a = eng.prefill([[], []], [e_p, e_q], fin)
+    b = eng.prefill([[], []], [e_q, e_p], fin)
+    ref_a, _ = block_reference(tiny, [(0, p), (1, q), ("final", fin)], None)
+    ref_b, _ = block_reference(tiny, [(0, q), (1, p), ("final", fin)], None)
+    assert torch.allclose(a.logits, ref_a, atol=ATOL, rtol=0) and torch.allclose(b.logits, ref_b, atol=ATOL, rtol=0)
+    assert not torch.allclose(a.logits, b.logits, atol=ATOL, rtol=0)
+
+
+def test_4_full_recompute_equals_full_prefill(tiny):
+    prefix = rand_ids(6, 80)
+    ps = [rand_ids(n, 81 + n) for n in (16, 22, 9)]
+    glues = [rand_ids(2, 90 + i) for i in range(3)]
+    fin = rand_ids(5, 99)
+    eng = KVReuseEngine(tiny, None, prefix)
+    entries = eng.encode_blocks(ps)
+    ids = prefix + [t for g, p in zip(glues, ps) for t in g + p] + fin
+    ref = eng.full_prefill(ids)
+    got = eng.prefill(glues, entries, fin, recompute_ratio=1.0)
+    assert got.stats["recomputed_passage_tokens"] == sum(map(len, ps))
+    assert torch.allclose(got.logits, ref.logits, atol=ATOL, rtol=0)
+    for a, b in zip(_cache_kv(got.cache)[0], _cache_kv(ref.cache)[0]):
+        assert torch.allclose(a, b, atol=ATOL, rtol=0)
+    # partial recompute sits between plain reuse and full prefill, and recomputes ceil(r * n) tokens
+    plain = eng.prefill(glues, entries, fin, recompute_ratio=0.0)
+    half = eng.prefill(glues, entries, fin, recompute_ratio=0.5)
+    assert half.stats["recomputed_passage_tokens"] == math.ceil(0.5 * sum(map(len, ps)))
+    err = lambda r: (r.logits - ref.logits).abs().max().item()  # noqa: E731
+    assert err(half) < err(plain)
+
+
+def test_blend_selects_the_most_deviating_tokens(tiny):
+    """The tokens chosen at r are the top-r by KV deviation on the selection layer."""
+    prefix = rand_ids(4, 5)
+    ps = [rand_ids(12, 6), rand_ids(12, 7)]
+    eng = KVReuseEngine(tiny, None, prefix)
+    entries = eng.encode_blocks(ps)
+    glues = [[], []]
+    res = eng.prefill(glues, entries, rand_ids(3, 8), recompute_ratio=0.25)
+    assert res.stats["recomputed_passage_tokens"] == 6
+    # the first passage saw the same context as in full attention: zero deviation, never chosen first
+    ids = prefix + ps[0] + ps[1]
+    K, V = [], []
+    pk, pv = eng.prefix_kv()
+    for layer in range(3):
+        K.append(torch.cat([pk[layer], entries[0].keys[layer][None],
+                            rotate_keys(entries[1].keys[layer], 12, eng.inv_freq)[None]], dim=2))
+        V.append(torch.cat([pv[layer], entries[0].values[layer][None], entries[1].values[layer][None]], dim=2))
+    dev = eng._deviation(ids, K, V, list(range(4, 28)), 1)
+    assert dev[:12].max().item() < 1e-8 and dev[12:].min().item() > 0
+
+
+def test_refuses_models_it_cannot_serve(tmp_path):
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(ConfigError, match="kv_reuse"):
+        check_supported(gpt2)
+    dyn = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    with pytest.raises(ConfigError, match="dynamic"):
+        check_supported(dyn)
+    folder = tmp_path / "gpt2"
+    gpt2.save_pretrained(str(folder))
+    tok = make_tiny_lm(tmp_path / "t")
+    transformers.AutoTokenizer.from_pretrained(str(tok)).save_pretrained(str(folder))
+    from ragkit.generators.hf import HFGenerator
+
+    with pytest.raises(ConfigError, match="decoder-only RoPE|rotary"):
+        HFGenerator(model=str(folder), kv_reuse="plain", kv_store=str(tmp_path / "kv")).setup()
+
+
+# -- the store ------------------------------------------------------------------------------------
+def _entry(n=5, layers=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return PassageKV(torch.arange(n), torch.randn(layers, 2, n, 8, generator=g),
+                     torch.randn(layers, 2, n, 8, generator=g), 3)
+
+
+def test_store_roundtrip_dtypes_and_namespace(tmp_path):
+    ns = {"model_id": "m", "revision": "r", "tokenizer": "t", "prefix": "p"}
+    st = KVStore(tmp_path, ns, storage_dtype="float32")
+    e = _entry()
+    assert st.get("hello") is None
+    st.put("hello", e)
+    fresh = KVStore(tmp_path, ns, storage_dtype="float32")   # new process: from disk
+    got = fresh.get("hello")
+    assert torch.equal(got.keys, e.keys) and torch.equal(got.values, e.values) and got.start == 3
+    assert fresh.stats["disk_hits"] == 1 and fresh.get("hello") is not None and fresh.stats["memory_hits"] == 1
+    half = KVStore(tmp_path, ns, storage_dtype="float16")
+    assert half.get("hello") is None                          # dtype is part of the key
+    half.put("hello", e)
+    h = KVStore(tmp_path, ns, storage_dtype="float16").get("hello", dtype=torch.float32)
+    assert h.keys.dtype == torch.float32 and torch.allclose(h.keys, e.keys, atol=1e-2)
+    assert half.disk_bytes() < st.disk_bytes()
+    other = KVStore(tmp_path, {**ns, "prefix": "q"})
+    assert other.get("hello") is None and other.key("hello") != st.key("hello")
+    assert (st.folder / "namespace.json").exists()
+
+
+def test_store_lru_is_bounded_in_bytes(tmp_path):
+    e = _entry()
+    st = KVStore(tmp_path, {"m": 1}, memory_bytes=int(e.nbytes * 2.5), write=False)
+    for i in range(5):
+        st.put(f"t{i}", e)
+    assert st.memory_used <= st.memory_bytes and len(st._lru) == 2
+    assert st.get("t0") is None and st.get("t4") is not None   # write=False: evicted means gone
+
+
+def test_store_corrupt_entry_is_a_clear_error(tmp_path):
+    st = KVStore(tmp_path, {"m": 1})
+    st.put("x", _entry())
+    st.path(st.key("x")).write_bytes(b"garbage")
+    with pytest.raises(IndexArtifactError, match="corrupt passage KV"):
+        KVStore(tmp_path, {"m": 1}).get("x")
+
+
+def test_indexer_fills_the_store_the_generator_reads(tmp_path):
+    from ragkit.generators.hf import HFGenerator
+    from ragkit.indexers.kv import KVIndexer
+    from ragkit.records import Chunk, Hit, Query, Ranking
+
+    lm = make_tiny_lm(tmp_path / "lm")
+    chunks = [Chunk("c1", "d1", "george orwell wrote animal farm .", 0, 33, {"title": "animal farm"}),
+              Chunk("c2", "d2", "paris is the capital of france .", 0, 32),
+              Chunk("c3", "d3", "berlin is the capital of germany .", 0, 34)]
+    ix = KVIndexer(model=str(lm), store=str(tmp_path / "kv"), batch_size=2)
+    assert ix(chunks) == chunks
+    assert ix.__dict__["_last_stats"]["computed"] == 3
+    ix(chunks)
+    assert ix.__dict__["_last_stats"]["computed"] == 0         # incremental
+    hits = tuple(Hit("q", c.doc_id, 3.0 - i, 0, c.text, c.chunk_id, c.meta) for i, c in enumerate(chunks))
+    r = Ranking(Query("q", "who wrote animal farm ?"), hits)
+    for mode in ("plain", "blend"):
+        a = HFGenerator(model=str(lm), kv_reuse=mode, kv_store=str(tmp_path / "kv"), max_new_tokens=4)([r])[0]
+        assert a.meta["kv_blocks_computed"] == 0
+    # batched block encoding (right padding) equals one-by-one encoding
+    assert ix.kv_store.disk_bytes() > 0
+    e = HFGenerator(model=str(lm), kv_reuse="plain", kv_store=str(tmp_path / "kv2")).setup().__dict__["_engine"]
+    blocks = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    together = e.encode_blocks(blocks)
+    for b, t in zip(blocks, together):
+        alone = e.encode_blocks([b])[0]
+        assert torch.allclose(alone.keys, t.keys, atol=ATOL) and torch.allclose(alone.values, t.values, atol=ATOL)
+
+
+# -- real SmolLM2 ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol():
+    from ragkit.generators._model import load_causal_lm
+
+    try:
+        tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
+    except Exception as exc:  # pragma: no cover - depends on installed weights
+        pytest.skip(f"SmolLM2 not available: {exc}")
+    return tok, model
+
+
+@pytest.mark.model
+def test_smollm2_exactness(smol):
+    tok, model = smol
+    from ragkit.generators._prompt import PromptTemplate, build_segments, prefix_ids
+
+    t = PromptTemplate()
+    texts = ["Paris is the capital and most populous city of France, on the Seine.",
+             "Berlin is the capital of Germany and its largest city by population.",
+             "The Danube flows through Vienna, Bratislava, Budapest and Belgrade."]
+    seg = build_segments(tok, t, "What is the capital of France?", [(x, None) for x in texts],
+                         prefix=prefix_ids(tok, t))
+    eng = KVReuseEngine(model, None, seg.prefix)
+    entries = eng.encode_blocks(seg.blocks)
+    ref = eng.full_prefill(seg.ids())
+    # (4) full recompute == full prefill
+    got = eng.prefill(seg.glues, entries, seg.final, recompute_ratio=1.0)
+    assert torch.allclose(got.logits, ref.logits, atol=ATOL * 10, rtol=1e-4)
+    assert got.logits.argmax() == ref.logits.argmax()
+    # (1) one passage, no glue
+    one = eng.prefill([[]], entries[:1], seg.final)
+    ref1 = eng.full_prefill(seg.prefix + seg.blocks[0] + seg.final)
+    assert torch.allclose(one.logits, ref1.logits, atol=ATOL * 10, rtol=1e-4)
+    # (3) no prefix, several passages vs the block-mask forward
+    eng0 = KVReuseEngine(model, None, [])
+    got3 = eng0.prefill(seg.glues, eng0.encode_blocks(seg.blocks), seg.final)
+    pieces = []
+    for i, (g, b) in enumerate(zip(seg.glues, seg.blocks)):
+        pieces += [("glue", g), (i, b)]
+    ref3, _ = block_reference(model, pieces + [("final", seg.final)], None)
+    assert torch.allclose(got3.logits, ref3, atol=ATOL * 10, rtol=1e-4)
+    # (2) re-rotation at larger offsets: relative tolerance (fp32 RoPE drifts with position)
+    x = torch.tensor([seg.blocks[0]])
+    inv = model.model.rotary_emb.inv_freq
+    with torch.no_grad():
+        k0 = _cache_kv(model(input_ids=x, use_cache=True).past_key_values)[0]
+        for d in (100, 1000, 4000):
+            pos = torch.arange(d, d + x.shape[1])[None]
+            kd = _cache_kv(model(input_ids=x, position_ids=pos, use_cache=True).past_key_values)[0]
+            for a, b in zip(k0, kd):
+                rel = (rotate_keys(a, d, inv) - b).abs().max() / b.abs().max()
+                assert rel < (1e-5 if d <= 100 else 1e-3)
