@@ -17,6 +17,8 @@ KNOWN = {
     "hypothesis": ("hypothesis", "dev"),
     "langchain_core": ("langchain-core", "langchain"),
     "pypdf": ("pypdf", "ingest"),
+    "tokenizers": ("tokenizers", "dense"),
+    "langchain_text_splitters": ("langchain-text-splitters", "dev"),
     "matplotlib": ("matplotlib", "dev"),
 }
 
