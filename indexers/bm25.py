@@ -19,11 +19,18 @@ bm25+       log((N + 1)/df)                   tf (k1 + 1)/(k1 L + tf) + delta
 For ``bm25l`` and ``bm25+`` a document without the term still scores ``idf * tfc(0)``; bm25s
 stores ``tfc(tf) - tfc(0)`` in the matrix and adds the per-term constant back at query time.
 
-Difference from rank_bm25's ``BM25Okapi``: both use the Robertson idf
-``log((N - df + .5)/(df + .5))``, which is negative for terms in more than half the documents.
-bm25s ``robertson`` floors it at 0, rank_bm25 replaces a negative idf with
-``epsilon * mean(idf)`` (epsilon = 0.25). Where no query term occurs in more than half the
-documents the two give the same scores (the differential test checks this to 1e-6).
+Differences from rank_bm25 (the reference the tests compare against):
+
+- ``BM25Okapi`` scores ``idf * tf (k1 + 1) / (k1 L + tf)`` with the Robertson idf
+  ``log((N - df + .5)/(df + .5))``; bm25s ``robertson`` leaves out the constant factor
+  ``(k1 + 1)`` (same ranking) and floors a negative idf (a term in more than half the
+  documents) at 0, where rank_bm25 uses ``epsilon * mean(idf)`` (epsilon = 0.25). On a corpus
+  without negative idf, ``robertson * (k1 + 1) == BM25Okapi`` (tested to 1e-6).
+- ``BM25Plus`` equals bm25s ``bm25+`` exactly (tested). rank_bm25's ``BM25L`` multiplies by an
+  extra ``tf``, unlike Lv & Zhai (2011); bm25s ``bm25l`` follows the paper (tested against the
+  formula above).
+- Note ``bm25l`` with (k1, delta) ranks exactly like ``lucene`` with k1 + delta: same idf, and
+  its tf part minus tfc(0) is proportional to ``c / (k1 + delta + c)``.
 
 Index folder (written atomically, so a failed rebuild leaves the old index in place)::
 
@@ -257,7 +264,12 @@ def _check_chunks(chunks: Sequence[Chunk]) -> None:
 
 @register(KEY)
 class BM25Indexer(Stage):
-    """BM25 index (bm25s engine): tokenizes chunks and writes a sparse score matrix folder."""
+    """BM25 index (bm25s engine): tokenizes chunks and writes a sparse score matrix folder.
+
+    The defaults (lucene variant, k1 1.5, b 0.75, NLTK English stopwords, Porter stemmer) had
+    the best mean nDCG@10 over Cranfield and CISI in ``benchmarks/bench_bm25_quality.py``
+    (results in ``benchmarks/results/bm25_quality.md``).
+    """
 
     path: str = param(help="index folder to write (replaced atomically)")
     k1: float = param(1.5, ge=0, help="term-frequency saturation")
