@@ -196,16 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for f in args.pipelines:
         p = Pipeline.from_yaml(Path(f))
         pipes[p.name or Path(f).stem] = p
-    first = next(iter(pipes.values()))
-    spec = first.evaluation
-    dataset = args.dataset or (spec.dataset if spec else None)
-    if not dataset:
-        raise ConfigError("no dataset: give --dataset NAME or an 'eval: {dataset: ...}' section")
-    if spec is not None and not Path(dataset).is_absolute() and first.base_dir is not None \
-            and (first.base_dir / dataset).exists() and not args.dataset:
-        dataset = str(first.base_dir / dataset)
-    metrics = args.metrics or (spec.metrics if spec else None)
-    res = evaluate(pipes, dataset, metrics, batch_size=args.batch_size or (spec.batch_size if spec else 1),
+    spec = next(iter(pipes.values())).evaluation  # dataset/metrics default to the eval: section
+    res = evaluate(pipes, args.dataset, args.metrics, batch_size=args.batch_size or (spec.batch_size if spec else 1),
                    max_queries=args.max_queries or (spec.max_queries if spec else None),
                    significance=args.significance, progress=_progress(args), save=args.save)
     print(res.table())
