@@ -1,0 +1,294 @@
+"""Train a reranker (``ragkit train-reranker``): monoBERT-style cross-encoder or monoT5.
+
+monoBERT (Nogueira & Cho, 2019): a pretrained BERT encoder (here by default the offline
+all-MiniLM-L6-v2, ``minilm``) gets a one-logit classification head on ``[CLS]`` and is fine-tuned
+on (query, passage) pairs, label 1 for a judged-relevant passage and 0 for a BM25-mined hard
+negative, with binary cross-entropy on the pair logit. The result is saved as a standard
+``AutoModelForSequenceClassification`` checkpoint + tokenizer (``save_pretrained``), loadable by
+``reranker.cross_encoder`` and by any transformers code.
+
+monoT5 (Nogueira et al., 2020), chosen automatically for encoder-decoder checkpoints: the input
+``Query: q Document: d Relevant:``, target word ``true``/``false`` at the first decoder step,
+cross-entropy over the vocabulary; saved with ``save_pretrained``, loadable by ``reranker.monot5``.
+
+Inputs are encoded exactly as the rerankers encode them (query cut to ``query_max_tokens``, passage
+cut to ``max_length``). Batches group pairs of similar length (less padding). Training state
+(model, optimizer, scheduler, step, RNG states, loss log) is saved every ``save_every`` steps to
+``<output>/checkpoint``; running the same command again resumes from it and gives the same
+weights as an uninterrupted run. ``<output>/train_log.jsonl`` holds the per-step loss.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ragkit._deps import require
+from ragkit.errors import ConfigError, DataError
+
+from . import _train_data as D
+from ._base import cut_many, encode_template, resolve_model, single_token_id
+from .monot5 import MONOT5_TEMPLATE
+
+CKPT = "checkpoint"
+
+
+def _encode_bert(tok: Any, queries: list[str], passages: list[str], max_length: int, qmax: int) -> list[list[int]]:
+    uq = sorted(set(queries))
+    cut_q, _, _ = cut_many(tok, uq, qmax)
+    qmap = dict(zip(uq, cut_q))
+    enc = tok([qmap[q] for q in queries], passages, truncation="only_second", max_length=max_length)
+    tt = enc.get("token_type_ids")
+    return [(enc["input_ids"][i], tt[i] if tt is not None else None) for i in range(len(queries))]
+
+
+def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, state: dict) -> None:
+    torch = require("torch")
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(sched.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm", kind: str = "auto",
+                   split: str = "train", holdout_every: int = 6, max_queries: int | None = None,
+                   negatives: int = 1, neg_depth: int = 20, epochs: int = 1, batch_size: int = 16,
+                   lr: float = 4e-5, warmup: float = 0.1, weight_decay: float = 0.01, max_length: int = 256,
+                   query_max_tokens: int = 64, save_every: int = 100, resume: bool = True, seed: int = 13,
+                   max_steps: int | None = None, progress: bool | None = None, data_dir: str | None = None,
+                   threads: int | None = None) -> dict:
+    """Fine-tune a reranker; returns a summary dict (steps, seconds, final loss, paths).
+
+    ``dataset``: a built-in dataset name (``squad``), a generic folder, or a Dataset object.
+    ``split``: ``train`` (queries not held out by :func:`ragkit.rerankers._train_data.split_qids`
+    with ``holdout_every``) or ``all``. ``max_steps`` stops early (the checkpoint is saved, so the
+    same call resumes). ``kind``: ``auto`` (encoder-decoder -> monot5, else cross_encoder),
+    ``cross_encoder`` or ``monot5``.
+    """
+    torch = require("torch", "reranker training")
+    tf = require("transformers", "reranker training")
+    if kind not in ("auto", "cross_encoder", "monot5"):
+        raise ConfigError(f"train-reranker: kind is {kind!r}; valid: auto, cross_encoder, monot5")
+    if split not in ("train", "all"):
+        raise ConfigError(f"train-reranker: split is {split!r}; valid: train, all")
+    for name, v, lo in (("negatives", negatives, 0), ("neg_depth", neg_depth, 1), ("epochs", epochs, 1),
+                        ("batch_size", batch_size, 1), ("save_every", save_every, 1)):
+        if v < lo:
+            raise ConfigError(f"train-reranker: {name} must be >= {lo}, got {v}")
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    # -- model -------------------------------------------------------------------------------------
+    path = resolve_model(model)
+    config = tf.AutoConfig.from_pretrained(path)
+    if kind == "auto":
+        kind = "monot5" if getattr(config, "is_encoder_decoder", False) else "cross_encoder"
+    torch.manual_seed(seed)
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    if kind == "cross_encoder":
+        net = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        net.config.id2label, net.config.label2id = {0: "relevant"}, {"relevant": 0}
+    else:
+        if not getattr(config, "is_encoder_decoder", False):
+            raise ConfigError(f"train-reranker: --kind monot5 needs an encoder-decoder (T5) checkpoint; "
+                              f"{model!r} is {config.model_type!r}.")
+        net = tf.AutoModelForSeq2SeqLM.from_pretrained(path)
+        true_id = single_token_id(tok, "true", "true_token", "train-reranker")
+        false_id = single_token_id(tok, "false", "false_token", "train-reranker")
+        start = net.config.decoder_start_token_id if net.config.decoder_start_token_id is not None else tok.pad_token_id
+
+    # -- data --------------------------------------------------------------------------------------
+    ds = D.load(dataset, data_dir)
+    train_q, held_q = D.split_qids(ds, holdout_every)
+    qids = train_q if split == "train" else train_q + held_q
+    if max_queries is not None:
+        qids = qids[:max_queries]
+    if not qids:
+        raise DataError(f"dataset {ds.name!r}: no judged queries to train on (split={split!r}).")
+    tq = D.mine_negatives(ds, qids, depth=neg_depth)
+    texts = {d.doc_id: d.text for d in ds.corpus}
+    qtext = {q.qid: q.text for q in tq}
+
+    def encode(rows: list[tuple[str, str, int]]) -> list[tuple]:
+        qs, ps = [qtext[r[0]] for r in rows], [texts[r[1]] for r in rows]
+        if kind == "cross_encoder":
+            return _encode_bert(tok, qs, ps, max_length, query_max_tokens)
+        enc, _ = encode_template(tok, lambda q, d: MONOT5_TEMPLATE.format(query=q, document=d),
+                                 qs, [(p,) for p in ps], max_length, query_max_tokens)
+        return [(e["input_ids"], None) for e in enc]
+
+    epochs_data = []
+    for e in range(epochs):
+        ex = D.epoch_examples(tq, negatives, seed, e)
+        enc = encode(ex)
+        batches = D.length_batches([len(x[0]) for x in enc], batch_size, seed * 7919 + e)
+        epochs_data.append((ex, enc, batches))
+    total = sum(len(b) for _, _, b in epochs_data)
+
+    # -- optimiser, schedule, resume -----------------------------------------------------------------
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
+    groups = [{"params": [p for n, p in net.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": weight_decay},
+              {"params": [p for n, p in net.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr)
+    sched = tf.get_linear_schedule_with_warmup(opt, int(math.ceil(warmup * total)), total)
+    ck = out / CKPT
+    step, losses = 0, []
+    run_info = {"model": model, "resolved": path, "kind": kind, "dataset": ds.name, "split": split,
+                "holdout_every": holdout_every, "queries": len(tq), "negatives": negatives, "neg_depth": neg_depth,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length,
+                "query_max_tokens": query_max_tokens, "seed": seed, "total_steps": total}
+    prior_seconds = 0.0
+    if resume and (ck / "state.json").exists():
+        st = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+        differ = {k: (st["run"].get(k), v) for k, v in run_info.items() if k != "resolved" and st["run"].get(k) != v}
+        if differ:
+            raise ConfigError(f"train-reranker: {ck} holds a run with other settings {differ} (stored, given). "
+                              f"Use the same settings, pass --no-resume, or another --output.")
+        net.load_state_dict(torch.load(ck / "model.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(ck / "rng.pt", weights_only=True)["torch"])
+        step, losses, prior_seconds = st["step"], st["losses"], st.get("seconds", 0.0)
+    log = open(out / "train_log.jsonl", "a" if step else "w", encoding="utf-8")
+
+    from tqdm.auto import tqdm
+    import sys
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=total, initial=step, disable=not show, desc=f"train {kind}", unit="step")
+    bce = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def state() -> dict:
+        return {"run": run_info, "step": step, "losses": losses,
+                "seconds": prior_seconds + time.perf_counter() - t0}
+
+    stopped = False
+    g = 0
+    for ex, enc, batches in epochs_data:
+        for b in batches:
+            g += 1
+            if g <= step:
+                continue
+            n = max(len(enc[i][0]) for i in b)
+            ids = torch.full((len(b), n), pad, dtype=torch.long)
+            mask = torch.zeros((len(b), n), dtype=torch.long)
+            tt = torch.zeros((len(b), n), dtype=torch.long) if enc[b[0]][1] is not None else None
+            for r, i in enumerate(b):
+                m = len(enc[i][0])
+                ids[r, :m] = torch.tensor(enc[i][0])
+                mask[r, :m] = 1
+                if tt is not None:
+                    tt[r, :m] = torch.tensor(enc[i][1])
+            y = torch.tensor([float(ex[i][2]) for i in b])
+            if kind == "cross_encoder":
+                kw = {"input_ids": ids, "attention_mask": mask}
+                if tt is not None:
+                    kw["token_type_ids"] = tt
+                loss = bce(net(**kw).logits[:, 0], y)
+            else:
+                dec = torch.full((len(b), 1), start, dtype=torch.long)
+                logits = net(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, 0, :]
+                target = torch.where(y > 0.5, torch.tensor(true_id), torch.tensor(false_id))
+                loss = torch.nn.functional.cross_entropy(logits, target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            lv = float(loss.detach())
+            losses.append(lv)
+            log.write(json.dumps({"step": step, "loss": lv, "lr": sched.get_last_lr()[0],
+                                  "seconds": round(prior_seconds + time.perf_counter() - t0, 3)}) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if step % save_every == 0:
+                log.flush()
+                _save_checkpoint(ck, net, opt, sched, state())
+            if max_steps is not None and step >= max_steps and step < total:
+                stopped = True
+                break
+        if stopped:
+            break
+    bar.close()
+    log.close()
+    summary = {**run_info, "step": step, "finished": not stopped, "output": str(out),
+               "seconds": round(prior_seconds + time.perf_counter() - t0, 2),
+               "final_loss_avg50": (sum(losses[-50:]) / len(losses[-50:])) if losses else None,
+               "train_qids": len(qids), "heldout_qids": len(held_q)}
+    if stopped:
+        _save_checkpoint(ck, net, opt, sched, state())
+        return summary
+    net.eval()
+    net.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "ragkit_train.json").write_text(json.dumps({**summary, "losses": losses}, indent=1), encoding="utf-8")
+    if ck.exists():
+        shutil.rmtree(ck)
+    return summary
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--output", "-o", required=True, help="folder for the trained checkpoint")
+    p.add_argument("--dataset", default="squad", help="built-in dataset name (squad, ...) or generic folder")
+    p.add_argument("--data-dir", default=None, help="folder holding the shared datasets (else RAGKIT_DATA / auto)")
+    p.add_argument("--model", default="minilm", help="starting checkpoint: short name, folder or hub id")
+    p.add_argument("--kind", default="auto", choices=["auto", "cross_encoder", "monot5"])
+    p.add_argument("--split", default="train", choices=["train", "all"],
+                   help="train: skip held-out query groups (every --holdout-every-th article); all: use all")
+    p.add_argument("--holdout-every", type=int, default=6)
+    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--negatives", type=int, default=1, help="BM25 hard negatives per query per epoch")
+    p.add_argument("--neg-depth", type=int, default=20, help="sample negatives from BM25 top-N")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=4e-5)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--query-max-tokens", type=int, default=64)
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (resumable)")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--progress", dest="progress", action="store_true", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    kw = {k: getattr(args, k) for k in ("dataset", "model", "kind", "split", "holdout_every", "max_queries", "negatives",
+                                        "neg_depth", "epochs", "batch_size", "lr", "warmup", "max_length",
+                                        "query_max_tokens", "save_every", "resume", "max_steps", "seed", "progress",
+                                        "data_dir", "threads")}
+    summary = train_reranker(args.output, **kw)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # python -m ragkit.rerankers.train ...
+    raise SystemExit(main(add_arguments(argparse.ArgumentParser("ragkit train-reranker")).parse_args()))

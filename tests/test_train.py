@@ -1,0 +1,159 @@
+"""Reranker training (`ragkit train-reranker`): mechanics on tiny models, resume, split; SQuAD integration."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from ._tiny_models import tiny_bert, tiny_t5  # noqa: E402
+
+from ragkit.errors import ConfigError  # noqa: E402
+from ragkit.eval.datasets import Dataset  # noqa: E402
+from ragkit.records import Document, Hit, Query, Ranking  # noqa: E402
+from ragkit.rerankers import _train_data as D  # noqa: E402
+from ragkit.rerankers.cross_encoder import CrossEncoderReranker  # noqa: E402
+from ragkit.rerankers.monot5 import MonoT5Reranker  # noqa: E402
+from ragkit.rerankers.train import add_arguments, main, train_reranker  # noqa: E402
+
+TOPICS = {
+    "Cats": ["the cat sat on the mat", "a cat is in the park", "cats chase the mat"],
+    "Parks": ["parks have trees grass and benches", "the park is large for visitors", "benches in the park"],
+    "Greek": ["alpha beta gamma delta", "epsilon zeta eta theta", "iota kappa lambda mu"],
+    "Numbers": ["one two three four", "five six seven eight", "nine ten one two"],
+}
+
+
+def tiny_dataset() -> Dataset:
+    docs, queries, qrels = [], [], {}
+    for t, paras in TOPICS.items():
+        for i, p in enumerate(paras):
+            did = f"{t}-{i}"
+            docs.append(Document(did, p, {"title": t}))
+            qid = f"q-{did}"
+            queries.append(Query(qid, " ".join(p.split()[-2:])))  # the paragraph's last two words
+            qrels[qid] = {did: 1}
+    return Dataset("tiny", docs, queries, qrels)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny-train")
+    return {"bert": str(tiny_bert(base / "bert", head=False, seed=1)), "t5": str(tiny_t5(base / "t5", seed=1))}
+
+
+def test_split_by_title_group_is_deterministic():
+    ds = tiny_dataset()
+    train, held = D.split_qids(ds, holdout_every=2)
+    # groups in order of first appearance: Cats=0, Parks=1, Greek=2, Numbers=3 -> 1 and 3 held out
+    assert held == [q for q in ds.judged_qids() if q.startswith(("q-Parks", "q-Numbers"))]
+    assert set(train) | set(held) == set(ds.judged_qids()) and not set(train) & set(held)
+    assert D.split_qids(ds, holdout_every=2) == (train, held)
+
+
+def test_negatives_exclude_positives_and_epochs_are_seeded():
+    ds = tiny_dataset()
+    tq = D.mine_negatives(ds, ds.judged_qids(), depth=5)
+    for q in tq:
+        assert not set(q.candidates) & set(q.positives) and q.candidates
+    a, b = D.epoch_examples(tq, 2, 7, 0), D.epoch_examples(tq, 2, 7, 0)
+    assert a == b and D.epoch_examples(tq, 2, 7, 1) != a
+    assert sum(1 for x in a if x[2] == 1) == len(tq) and sum(1 for x in a if x[2] == 0) == 2 * len(tq)
+
+
+def test_train_cross_encoder_from_encoder_and_load_as_reranker(tiny, tmp_path):
+    out = tmp_path / "ce"
+    s = train_reranker(str(out), dataset=tiny_dataset(), model=tiny["bert"], split="all", negatives=2,
+                       epochs=4, batch_size=4, lr=2e-3, warmup=0.0, save_every=3, progress=False)
+    assert s["finished"] and s["kind"] == "cross_encoder" and s["step"] == s["total_steps"] == 4 * 9
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and len(cfg["id2label"]) == 1
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 37))
+    assert not (out / "checkpoint").exists()
+    # it learned something: training loss fell, and positives outrank their negatives on average
+    assert sum(r["loss"] for r in log[-3:]) < sum(r["loss"] for r in log[:3])
+    ds = tiny_dataset()
+    r = CrossEncoderReranker(model=str(out))
+    rank = []
+    for q in ds.queries:
+        hits = tuple(Hit(q.qid, d.doc_id, 0.0, 0, d.text) for d in ds.corpus)
+        got = r([Ranking(q, hits)])[0]
+        rank.append([h.doc_id for h in got.hits].index(next(iter(ds.qrels[q.qid]))))
+    assert sum(rank) / len(rank) < (len(ds.corpus) - 1) / 2  # better than a random order
+
+
+def test_resume_gives_same_weights_as_uninterrupted(tiny, tmp_path):
+    kw = dict(dataset=tiny_dataset(), model=tiny["bert"], split="all", negatives=1, epochs=2, batch_size=4,
+              lr=1e-3, save_every=2, progress=False)
+    full = train_reranker(str(tmp_path / "full"), **kw)
+    part = train_reranker(str(tmp_path / "part"), max_steps=3, **kw)
+    assert not part["finished"] and part["step"] == 3 and (tmp_path / "part" / "checkpoint" / "state.json").exists()
+    with pytest.raises(ConfigError, match="other settings"):
+        train_reranker(str(tmp_path / "part"), **{**kw, "lr": 5e-4})
+    done = train_reranker(str(tmp_path / "part"), **kw)
+    assert done["finished"] and done["step"] == full["step"]
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "part" / "train_log.jsonl").read_text().splitlines()]
+    assert lb == pytest.approx(la, abs=1e-6)
+
+
+def test_train_monot5_from_t5_and_load(tiny, tmp_path):
+    out = tmp_path / "t5"
+    s = train_reranker(str(out), dataset=tiny_dataset(), model=tiny["t5"], split="all", epochs=3, batch_size=4,
+                       lr=3e-3, warmup=0.0, progress=False)
+    assert s["kind"] == "monot5" and s["finished"]
+    log = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1] < log[0]
+    ds = tiny_dataset()
+    q = ds.queries[0]
+    got = MonoT5Reranker(model=str(out))([Ranking(q, tuple(Hit(q.qid, d.doc_id, 0.0, 0, d.text) for d in ds.corpus))])
+    assert all(h.score <= 0 for h in got[0].hits)  # log-probabilities
+
+
+def test_cli_pair_and_bad_args(tiny, tmp_path, capsys):
+    ds_dir = tiny_dataset().save(tmp_path / "ds")
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["-o", str(tmp_path / "cli"), "--dataset", str(ds_dir), "--model", tiny["bert"], "--split", "all",
+         "--batch-size", "8", "--no-progress"])
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["finished"] is True
+    with pytest.raises(ConfigError, match="kind"):
+        train_reranker(str(tmp_path / "x"), dataset=tiny_dataset(), model=tiny["bert"], kind="bm25")
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        train_reranker(str(tmp_path / "y"), dataset=tiny_dataset(), model=tiny["bert"], kind="monot5")
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_trained_reranker_beats_bm25_on_heldout_squad(shared_data, tmp_path):
+    """Train on part-a SQuAD questions of the training articles (600 of them, one BM25 hard
+    negative each), rerank BM25 top-20 of 200 questions from held-out articles."""
+    import ir_measures
+    from ir_measures import nDCG
+
+    ds = D.load("squad", str(shared_data))
+    train, held = D.split_qids(ds, holdout_every=6)
+    assert held and not set(train) & set(held)
+    out = tmp_path / "squad-ce"
+    s = train_reranker(str(out), dataset=ds, model="minilm", max_queries=600, batch_size=16, progress=False)
+    assert s["finished"]
+    bm = D.bm25_rankings(ds, held[:200], k=20)
+    rr = CrossEncoderReranker(model=str(out), batch_size=32)(bm)
+    qrels = [ir_measures.Qrel(q, d, g) for q, rel in ds.qrels.items() if q in set(held[:200]) for d, g in rel.items()]
+
+    def ndcg(rankings):
+        run = [ir_measures.ScoredDoc(r.qid, h.doc_id, h.score) for r in rankings for h in r.hits]
+        return ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
+
+    assert ndcg(rr) > ndcg(bm)
