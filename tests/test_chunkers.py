@@ -179,6 +179,13 @@ def test_sentence_longer_than_max_is_split_by_tokens():
     ("A heading\n\nBody text here", ["A heading", "Body text here"]),
     ("我来了。你好吗？好！", ["我来了。", "你好吗？", "好！"]),
     ("visit example.com. Now", ["visit example.com.", "Now"]),
+    ("It was lost.[citation needed] Then found.", ["It was lost.[citation needed]", "Then found."]),
+    ("Schechter Poultry Corp. v. United States was decided.", ["Schechter Poultry Corp. v. United States was decided."]),
+    ("in the U.S. Army today. Ok.", ["in the U.S. Army today.", "Ok."]),
+    ("We saw the sun. It set.", ["We saw the sun.", "It set."]),
+    ("the flow is laminar . the wake is thin. results agree .", ["the flow is laminar .", "the wake is thin.",
+                                                               "results agree ."]),
+    ("These are: 1. The first. 2. The second.", ["These are: 1. The first.", "2. The second."]),
     ("", []),
     ("   \n ", []),
 ])
