@@ -161,7 +161,9 @@ def main() -> None:
     lines = ["# Chunkers: ragkit vs LangChain (recursive) and pysbd (sentences)", "",
              f"Command: `{cmd}` ({res['wall_s']:.1f} s; {res['machine']}; Python {res['python']}). "
              f"Corpus: {res['texts']:,} real passages (SQuAD dev part A, Cranfield, CISI, NQ-open gold), "
-             f"{res['chars']:,} characters. Median of {args.runs} runs (pysbd: 1 run).", "",
+             f"{res['chars']:,} characters. Median of {args.runs} runs (pysbd: 1 run). pysbd is not a ragkit "
+             f"dependency: its 0.3.4 wheel (`pip download pysbd==0.3.4 --no-deps`) was unpacked and put on "
+             f"the path with `--pysbd-path`.", "",
              "## Recursive splitting (same separators `\\n\\n`, `\\n`, `. `, ` `, `''`)", "",
              "| chunk_size / overlap | chunks | ragkit s | LangChain s | ratio ragkit/LangChain | same texts | "
              "LangChain start_index not a slice | LangChain start differs from exact |",
