@@ -82,6 +82,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         docs = read_documents(args.corpus, progress=_progress(args))
     stats = p.build_index(docs, progress=_progress(args))
+    if "report" in stats and not args.json:
+        print(stats.pop("report"), file=sys.stderr)
     print(json.dumps(stats) if args.json else "indexed: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     return 0
 

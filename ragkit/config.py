@@ -43,6 +43,7 @@ class CorpusSpec(Configurable):
     text_field: str = param("text", help="JSON lines/CSV field holding the text")
     title_field: str = param("title", help="JSON lines/CSV field holding the title (optional)")
     on_error: Literal["fail", "skip"] = param("fail", help="an unreadable file fails the run or is reported and skipped")
+    on_empty: Literal["skip", "fail"] = param("skip", help="a document with empty text is reported and skipped, or fails")
 
     def validate(self) -> None:
         if (self.path is None) == (self.dataset is None):

@@ -119,8 +119,12 @@ class Pipeline:
             from .ingest import read_corpus
 
             documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
+        report = getattr(documents, "report", None)
         batch: list[Any] = list(documents)
         stats: dict[str, Any] = {"documents": len(batch)}
+        if report is not None:
+            stats["skipped"] = len(report.skipped)
+            stats["report"] = report.summary()
         for i, s in enumerate(self.index_stages):
             s.__dict__["_base_dir"] = self.base_dir
             s.__dict__["_progress"] = progress

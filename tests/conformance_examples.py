@@ -39,7 +39,16 @@ def _bm25_index(tmp: Path) -> str:
     return path
 
 
+def _chunker(name: str, **kw):
+    from ragkit.indexers import chunkers
+
+    return getattr(chunkers, name)(**kw)
+
+
 EXAMPLES: dict[str, Callable[[Path], tuple]] = {
+    "chunker.fixed": lambda tmp: (_chunker("FixedChunker", size=4, overlap=1), DOCS),
+    "chunker.sentence": lambda tmp: (_chunker("SentenceChunker", max_tokens=8, overlap_sentences=1), DOCS),
+    "chunker.recursive": lambda tmp: (_chunker("RecursiveChunker", chunk_size=24, chunk_overlap=6), DOCS),
     "ranking.cutoff": lambda tmp: (__import__("ragkit.stages_core").stages_core.Cutoff(k=2), rankings()),
     "reranker.overlap": lambda tmp: (__import__("ragkit.testing").testing.OverlapReranker(), rankings()),
     "generator.echo": lambda tmp: (__import__("ragkit.testing").testing.EchoGenerator(), rankings()),
