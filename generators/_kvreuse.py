@@ -16,10 +16,11 @@ Assembly of one prompt (segments from :mod:`._prompt`) at query time:
 4. the final block (question + instructions + generation prompt) is prefilled with full
    attention over everything, and decoding continues normally.
 
-Step 3 runs as one forward pass of the R tokens at their real positions over a cache that holds
-the assembled KV of all positions; the fresh KV of R is appended to the cache and a custom 4-D
-mask hides the stale copies, so every R token attends to the fresh KV of earlier R tokens and to
-the reused KV of the rest. The fresh KV then replaces the stale entries in place.
+Steps 3 and 4 run as one forward pass of the R tokens and the final block at their real positions
+over a cache that holds the assembled KV of all earlier positions; the fresh KV is appended to the
+cache and a custom 4-D mask hides the stale copies, so every forwarded token attends to the fresh
+KV of earlier forwarded tokens and to the reused KV of the rest. The fresh KV of R then replaces
+the stale entries in place.
 
 Only decoder-only RoPE models whose attention applies ``rotate_half`` rotary embeddings to the full
 head dimension with a static frequency table, with standard transformers caches and without
@@ -267,42 +268,46 @@ class KVReuseEngine:
         stats["recomputed_tokens"] = len(R)
         stats["recomputed_passage_tokens"] = len(sel)
         cache = _new_cache(self.model, K, V)
+        t2 = time.perf_counter()
         with torch.no_grad():
-            if R:
-                t2 = time.perf_counter()
-                self._recompute(cache, ids, R, N)
-                stats["recompute_s"] = time.perf_counter() - t2
-            t3 = time.perf_counter()
-            fin = torch.tensor([list(final)], device=self.device)
-            fpos = torch.arange(N, N + len(final), device=self.device).unsqueeze(0)
-            out = self.model(input_ids=fin, position_ids=fpos, past_key_values=cache, use_cache=True,
-                             logits_to_keep=1)
-            stats["final_s"] = time.perf_counter() - t3
-        return PrefillResult(out.logits[:, -1, :], out.past_key_values, N + len(final), stats)
+            logits = self._recompute_and_final(cache, ids, R, N, list(final))
+        stats["forward_s"] = time.perf_counter() - t2
+        return PrefillResult(logits, cache, N + len(final), stats)
 
-    def _recompute(self, cache: Any, ids: list[int], R: list[int], N: int) -> None:
-        """Recompute the KV of positions R with full attention; replace them in ``cache`` in place."""
+    def _recompute_and_final(self, cache: Any, ids: list[int], R: list[int], N: int, final: list[int]) -> Any:
+        """One forward pass over the recomputed positions R (< N) and the final block (N..N+F-1).
+
+        The cache holds the assembled KV of positions 0..N-1 (stale or zero at R); the fresh KV of
+        the forwarded tokens is appended by the model and a 4-D mask hides the stale copies, so each
+        forwarded token attends causally (by real position) to fresh R/final KV and reused KV of the
+        rest. Afterwards the fresh KV of R replaces the stale entries in place and the final block's
+        KV follows position N-1: the cache is exactly the prompt's, ready for decoding.
+        """
         torch = require("torch")
-        r = torch.tensor(R, device=self.device)
-        m = len(R)
+        pos = torch.tensor(R + list(range(N, N + len(final))), device=self.device)
+        m = len(pos)
+        r = pos[: len(R)]
         allowed = torch.zeros(m, N + m, dtype=torch.bool, device=self.device)
-        allowed[:, :N] = torch.arange(N, device=self.device).unsqueeze(0) <= r.unsqueeze(1)
-        allowed[:, r] = False                                   # stale copies of recomputed tokens
-        allowed[:, N:] = r.unsqueeze(0) <= r.unsqueeze(1)        # fresh copies, causal by real position
+        allowed[:, :N] = torch.arange(N, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
+        if len(R):
+            allowed[:, r] = False                                # stale copies of recomputed tokens
+        allowed[:, N:] = pos.unsqueeze(0) <= pos.unsqueeze(1)     # fresh tokens, causal by real position
         mask = torch.zeros(1, 1, m, N + m, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        inp = torch.tensor([[ids[p] for p in R]], device=self.device)
-        self.model(input_ids=inp, position_ids=r.unsqueeze(0), attention_mask=mask, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1)
-        ks, vs = _cache_kv(cache)
-        newk, newv = [], []
-        for k, v in zip(ks, vs):
-            k2, v2 = k[:, :, :N].clone(), v[:, :, :N].clone()
-            k2[:, :, r] = k[:, :, N:]
-            v2[:, :, r] = v[:, :, N:]
-            newk.append(k2)
-            newv.append(v2)
-        _set_cache_kv(cache, newk, newv)
+        inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
+        out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        if len(R):
+            ks, vs = _cache_kv(cache)
+            newk, newv = [], []
+            for k, v in zip(ks, vs):
+                k2, v2 = k[:, :, :N].clone(), v[:, :, :N].clone()
+                k2[:, :, r] = k[:, :, N: N + len(R)]
+                v2[:, :, r] = v[:, :, N: N + len(R)]
+                newk.append(torch.cat([k2, k[:, :, N + len(R):]], dim=2))
+                newv.append(torch.cat([v2, v[:, :, N + len(R):]], dim=2))
+            _set_cache_kv(cache, newk, newv)
+        return out.logits[:, -1, :]
 
     def _deviation(self, ids: list[int], K: list[Any], V: list[Any], passage_pos: list[int],
                    select_layers: int) -> Any:

@@ -7,8 +7,8 @@ passage-KV reuse:
 
 - ``prefix``: the chat template up to the user message plus the task instructions; the same for
   every query (the shared prefix / attention sink every cached passage block is computed after).
-- ``glue(i)``: the passage number, ``"\\n\\n[i] "``; it depends on the rank, so it is never cached.
-- ``block(i)``: ``"Title: <title>\\n<text>"`` (or the text alone): independent of rank, query and
+- ``glue(i)``: the passage number, ``"\\n[i]"``; it depends on the rank, so it is never cached.
+- ``block(i)``: ``" Title: <title>\\n<text>"`` (or ``" <text>"``): independent of rank, query and
   the other passages, so its key/value states can be computed once and reused.
 - ``final``: the question, a short instruction and the end of the chat template (generation prompt).
 
@@ -64,11 +64,13 @@ class PromptTemplate:
 def block_text(text: str, title: str | None = None) -> str:
     """The cacheable text of one passage (rank-independent)."""
     text = (text or "").strip()
-    return f"Title: {title.strip()}\n{text}" if title and title.strip() else text
+    if title and title.strip():
+        return f" Title: {title.strip()}\n{text}"
+    return f" {text}" if text else ""
 
 
 def glue_text(number: int) -> str:
-    return f"\n\n[{number}] "
+    return f"\n[{number}]"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``indexer.kv``: precompute the passage KV store for ``generator.hf`` with ``kv_reuse``.
 
-Each chunk becomes one passage block (``Title: <title>\\n<text>``, as the generator formats it),
+Each chunk becomes one passage block (``" Title: <title>\\n<text>"``, as the generator formats it),
 encoded on its own after the shared prefix of the generator's prompt, in batches, and written to
 the store (safetensors, one file per block). Blocks already in the store are skipped, so the stage
 is incremental. The generator finds these entries only when its model, prompt (system prompt,
