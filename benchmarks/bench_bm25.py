@@ -99,6 +99,9 @@ def case_bm25s(n: int, m: int, folder: str) -> dict:
 
 
 def case_ragkit_build(n: int, m: int, folder: str) -> dict:
+    import bm25s  # noqa: F401  (engine import outside the timing, as in the bm25s case)
+    import Stemmer  # noqa: F401
+
     from ragkit.indexers.bm25 import BM25Indexer
     from ragkit.records import Chunk
 

@@ -86,18 +86,18 @@ class BM25Retriever(Stage):
     def run(self, batch: list[Query]) -> list[Ranking]:
         idx: BM25Index = self.__dict__["_idx"]
         tok: Tokenizer = self.__dict__["_tok"]
-        vocab = idx.vocab_ids
-        ids, doc_ids = idx.ids, idx.doc_ids
+        vocab, ids, doc_ids, k, with_text = idx.vocab_ids, idx.ids, idx.doc_ids, self.k, self.text
         out = []
         for q in batch:
-            rows, scores = idx.search(tok.encode_query(q.text or "", vocab), self.k)
-            hits = []
-            for rank, (r, s) in enumerate(zip(rows.tolist(), scores.tolist())):
-                if self.text:
+            rows, scores = idx.search(tok.encode_query(q.text or "", vocab), k)
+            qid = q.qid
+            if with_text:
+                hits = []
+                for rank, (r, s) in enumerate(zip(rows.tolist(), scores.tolist())):
                     title = idx.title(r)
-                    hits.append(Hit(q.qid, doc_ids[r], s, rank, idx.text(r), ids[r],
-                                    {"title": title} if title else {}))
-                else:
-                    hits.append(Hit(q.qid, doc_ids[r], s, rank, None, ids[r]))
+                    hits.append(Hit(qid, doc_ids[r], s, rank, idx.text(r), ids[r], {"title": title} if title else {}))
+            else:
+                hits = [Hit(qid, doc_ids[r], s, rank, None, ids[r])
+                        for rank, (r, s) in enumerate(zip(rows.tolist(), scores.tolist()))]
             out.append(Ranking(q, tuple(hits)))
         return out
