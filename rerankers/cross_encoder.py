@@ -83,17 +83,22 @@ class CrossEncoderReranker(RerankerBase):
         qs = [qmap[q] for q in queries]
         enc = tok(qs, list(passages), truncation="only_second", max_length=self.max_length,
                   return_overflowing_tokens=False, return_length=False)
-        # a passage was cut when its own token count exceeds the room the pair left it
-        p_lens = tok(list(passages), add_special_tokens=False, return_length=True)["length"]
-        q_lens = {q: n for q, n in zip(uq, tok(cut_q, add_special_tokens=False, return_length=True)["length"])}
-        n_sp = self.__dict__["_n_special"]
-        rows, cut = [], []
+        rows, full = [], []
         for i in range(len(qs)):
             row = {"input_ids": enc["input_ids"][i]}
             if "token_type_ids" in enc:
                 row["token_type_ids"] = enc["token_type_ids"][i]
             rows.append(row)
-            cut.append(q_lens[queries[i]] + p_lens[i] + n_sp > self.max_length)
+            if len(row["input_ids"]) >= self.max_length:
+                full.append(i)
+        # only a pair that fills the window can have had its passage cut: check those
+        cut = [False] * len(qs)
+        if full:
+            p_lens = tok([passages[i] for i in full], add_special_tokens=False, return_length=True)["length"]
+            q_lens = dict(zip(uq, tok(cut_q, add_special_tokens=False, return_length=True)["length"]))
+            n_sp = self.__dict__["_n_special"]
+            for i, n in zip(full, p_lens):
+                cut[i] = q_lens[queries[i]] + n + n_sp > self.max_length
         return rows, cut
 
     def _forward(self, rows: list[dict]) -> list[float]:
