@@ -130,7 +130,8 @@ class Tokenizer:
             return docs, words
         stem_ids: dict[str, int] = {}
         remap = [stem_ids.setdefault(s, len(stem_ids)) for s in stems]
-        docs = [[remap[i] for i in d] for d in docs]
+        for j, d in enumerate(docs):  # in place: never two copies of the corpus at once
+            docs[j] = [remap[i] for i in d]
         return docs, list(stem_ids)
 
     def encode_query(self, text: str, vocab: Mapping[str, int]) -> list[int]:
