@@ -128,7 +128,7 @@ class BM25Index:
             rows = np.flatnonzero(dense > 0)
             scores = dense[rows]
         if self.nonoccurrence is not None:  # bm25l / bm25+: the tfc(0) part every document gets
-            scores = scores + float(np.sum(self.nonoccurrence[np.asarray(term_ids)], dtype=np.float64))
+            scores = scores + float(np.sum(self.nonoccurrence[terms], dtype=np.float64))
         m = len(rows)
         if m > k:
             thr = np.partition(scores, m - k)[m - k]  # the k-th largest score

@@ -5,8 +5,9 @@ variants and the exact formulas). A query is tokenized with the index's own toke
 known terms' columns are summed, and the top ``k`` indexed units come back as hits with
 ``doc_id`` (the source document) and ``chunk_id``. Ties are broken by ``doc_id`` (then
 ``chunk_id``), also when choosing which tied units make the cut at rank ``k`` -- bm25s'
-own ``retrieve`` picks among those arbitrarily. Only units holding a query term are hits: a
-query with no known terms gets an empty ranking, and ``k`` larger than the corpus is fine.
+own ``retrieve`` picks among those arbitrarily. Only units holding a query term with a positive
+weight are hits (bm25s' ``retrieve`` fills ``k`` with zero-score documents): a query with no
+known terms gets an empty ranking, and ``k`` larger than the corpus is fine.
 
 Scoring parameters (``k1``, ``b``, ``delta``, ``method``) and tokenizer options default to
 ``None``, meaning "as the index was built"; any value given must equal the index's, or
