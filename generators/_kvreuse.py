@@ -216,9 +216,14 @@ class KVReuseEngine:
         return out, len(missing)  # type: ignore[return-value]
 
     # -- assembly ------------------------------------------------------------------------------------
-    def prefill(self, glues: Sequence[Sequence[int]], entries: Sequence[PassageKV], final: Sequence[int],
+    def prefill(self, glues: Sequence[Any], entries: Sequence[PassageKV], final: Sequence[int],
                 *, recompute_ratio: float = 0.0, select_layers: int = 1) -> PrefillResult:
-        """Assemble prefix + (glue, cached block)* and prefill the rest; see the module docstring."""
+        """Assemble prefix + (glue, cached block)* and prefill the rest; see the module docstring.
+
+        A glue item is either token ids (computed fresh with full attention, with the final block)
+        or a cached :class:`PassageKV` block of its own (placed like a passage; in ``blend`` mode
+        its tokens are candidates for recomputation like passage tokens).
+        """
         torch = require("torch")
         t0 = time.perf_counter()
         pk, pv = self.prefix_kv()
@@ -230,8 +235,23 @@ class KVReuseEngine:
         recompute: list[int] = []          # positions always recomputed (glue)
         passage_pos: list[int] = []        # positions of cached passage tokens
         pos = P
+        glue_pos: list[int] = []           # positions of cached glue blocks (selectable in blend)
+
+        def place(e: PassageKV, into: list[int]) -> None:
+            nonlocal pos, ids
+            n = e.n_tokens
+            rk = rotate_keys(e.keys, pos - e.start, self.inv_freq)
+            for layer in range(L):
+                keys[layer].append(rk[layer])
+                vals[layer].append(e.values[layer])
+            into += range(pos, pos + n)
+            ids += e.ids.tolist()
+            pos += n
+
         for g, e in zip(glues, entries):
-            if g:
+            if isinstance(g, PassageKV):
+                place(g, glue_pos)
+            elif g:
                 H, D = pk[0].shape[1], pk[0].shape[-1]
                 z = torch.zeros(H, len(g), D, device=self.device, dtype=self.dtype)
                 for layer in range(L):
@@ -240,14 +260,7 @@ class KVReuseEngine:
                 recompute += range(pos, pos + len(g))
                 ids += list(g)
                 pos += len(g)
-            n = e.n_tokens
-            rk = rotate_keys(e.keys, pos - e.start, self.inv_freq)
-            for layer in range(L):
-                keys[layer].append(rk[layer])
-                vals[layer].append(e.values[layer])
-            passage_pos += range(pos, pos + n)
-            ids += e.ids.tolist()
-            pos += n
+            place(e, passage_pos)
         N = pos
         K = [torch.cat(x, dim=1).unsqueeze(0) for x in keys]     # [1, H, N, D]
         V = [torch.cat(x, dim=1).unsqueeze(0) for x in vals]
@@ -258,11 +271,12 @@ class KVReuseEngine:
             t1 = time.perf_counter()
             n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
             if n_sel >= len(passage_pos):
-                sel = list(passage_pos)
+                sel = list(passage_pos) + glue_pos
             else:
-                dev = self._deviation(ids, K, V, passage_pos, select_layers)
+                cand = passage_pos + glue_pos
+                dev = self._deviation(ids, K, V, cand, select_layers)
                 top = torch.topk(dev, n_sel).indices.tolist()
-                sel = sorted(passage_pos[i] for i in top)
+                sel = sorted(cand[i] for i in top)
             stats["select_s"] = time.perf_counter() - t1
         R = sorted(set(recompute) | set(sel))
         stats["recomputed_tokens"] = len(R)
@@ -284,6 +298,11 @@ class KVReuseEngine:
         KV follows position N-1: the cache is exactly the prompt's, ready for decoding.
         """
         torch = require("torch")
+        if not R:   # only the final block: the model's own causal mask over the cache is exact
+            out = self.model(input_ids=torch.tensor([final], device=self.device),
+                             position_ids=torch.arange(N, N + len(final), device=self.device).unsqueeze(0),
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :]
         pos = torch.tensor(R + list(range(N, N + len(final))), device=self.device)
         m = len(pos)
         r = pos[: len(R)]

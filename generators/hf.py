@@ -29,7 +29,7 @@ from ragkit.records import Answer, Ranking
 from ragkit.registry import register
 from ragkit.stage import ANSWERS, RANKINGS, Stage, param
 
-from ._prompt import PromptTemplate, build_segments, ids_hash, parse_citations, prefix_ids
+from ._prompt import PromptTemplate, build_segments, glue_text, ids_hash, parse_citations, prefix_ids
 
 TokenCallback = Callable[[str, str], None]   # (qid, text piece)
 
@@ -66,6 +66,8 @@ class HFGenerator(Stage):
         "auto", help="dtype of stored passage KV (auto = model dtype)")
     kv_memory_mb: int = param(1024, ge=0, help="in-memory LRU of passage KV, in MiB")
     kv_write: bool = param(True, help="write passage KV computed at query time to disk")
+    cache_glue: bool = param(True, help="reuse: cache the passage-number tokens '[i]' as blocks too "
+                                        "(false: compute them with full attention at query time)")
     stream: bool = param(False, help="print answer tokens to stdout as they are generated")
 
     input_kind = RANKINGS
@@ -215,9 +217,13 @@ class HFGenerator(Stage):
         with d["_model_lock"], torch.no_grad():
             t0 = time.perf_counter()
             entries, computed = eng.get_blocks(seg.block_texts, seg.blocks)
+            glues: list[Any] = seg.glues
+            if self.cache_glue:
+                glues, g_computed = eng.get_blocks([glue_text(i + 1) for i in range(len(seg.glues))], seg.glues)
+                computed += g_computed
             t_kv = time.perf_counter() - t0
             ratio = self.recompute_ratio if self.kv_reuse == "blend" else 0.0
-            pre = eng.prefill(seg.glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers)
+            pre = eng.prefill(glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers)
             nxt = torch.tensor([pre.length], device=pre.logits.device)
             dec = decode(d["_model"], d["_tok"], pre.logits, pre.cache, params=self._decode_params(),
                          eos_ids=d["_eos"], next_pos=nxt, on_token=cb, t_start=t0)

@@ -5,7 +5,9 @@ encoded on its own after the shared prefix of the generator's prompt, in batches
 the store (safetensors, one file per block). Blocks already in the store are skipped, so the stage
 is incremental. The generator finds these entries only when its model, prompt (system prompt,
 chat template), ``max_passage_tokens`` and store dtype match; other settings make a separate
-namespace in the same store folder. Chunks pass through unchanged.
+namespace in the same store folder. The passage-number blocks ``"\\n[i]"`` for i up to
+``max_rank`` are stored too (the generator caches them as blocks of their own). Chunks pass
+through unchanged.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class KVIndexer(Stage):
     max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (as the generator)")
     system_prompt: str = param("", help="system message (must match the generator's)")
     chat_template: bool = param(True, help="use the chat template (must match the generator's)")
+    max_rank: int = param(20, ge=0, help="also store the passage-number blocks '[1]'..'[max_rank]'")
 
     input_kind = CHUNKS
     output_kind = CHUNKS
@@ -53,7 +56,7 @@ class KVIndexer(Stage):
         return self.setup().__dict__["_gen"].__dict__["_engine"].store
 
     def run(self, batch: list[Chunk]) -> list[Chunk]:
-        from ragkit.generators._prompt import block_text, tokenize
+        from ragkit.generators._prompt import block_text, glue_text, tokenize
 
         gen = self.__dict__["_gen"]
         eng = gen.__dict__["_engine"]
@@ -69,6 +72,10 @@ class KVIndexer(Stage):
                 ids = ids[: self.max_passage_tokens]
             if ids:
                 todo[bt] = ids
+        for i in range(1, self.max_rank + 1):
+            g = glue_text(i)
+            if g not in store:
+                todo[g] = tokenize(tok, g)
         # similar lengths together: less padding per batch
         items = sorted(todo.items(), key=lambda kv: len(kv[1]))
         progress = self.__dict__.get("_progress")
@@ -85,7 +92,7 @@ class KVIndexer(Stage):
                     store.put(bt, kv)
             bar.update(len(part))
         bar.close()
-        self.__dict__["_last_stats"] = {"computed": len(items), "skipped": len(batch) - len(items),
+        self.__dict__["_last_stats"] = {"computed": len(items), "skipped": len(batch) + self.max_rank - len(items),
                                         "seconds": time.perf_counter() - t0, "store": str(store.folder)}
         return list(batch)
 

@@ -158,3 +158,22 @@ def test_reuse_with_full_recompute_matches_full_prefill_answers(tiny, tmp_path):
     plain = HFGenerator(model=str(tiny), max_new_tokens=8, kv_reuse="plain", kv_store=str(tmp_path / "kv"))(rs)
     assert all(a.meta["kv_blocks_computed"] == 0 for a in plain)   # filled by the blend run
     assert all(a.meta["recomputed_passage_tokens"] == 0 for a in plain)
+
+
+@pytest.mark.model
+def test_smollm2_answers_from_the_passage():
+    r = Ranking(Query("q", "What is the capital of France?"), (
+        Hit("q", "d-berlin", 2.0, 0, "Berlin is the capital and largest city of Germany.", meta={"title": "Berlin"}),
+        Hit("q", "d-paris", 1.0, 0, "Paris is the capital and most populous city of France.",
+            meta={"title": "Paris"})))
+    try:
+        full = HFGenerator(model="smollm2-135m-instruct", device="cpu", max_new_tokens=24)
+        full.setup()
+    except ModelNotFoundError as exc:  # pragma: no cover - depends on installed weights
+        pytest.skip(str(exc))
+    a = full([r])[0]
+    assert "paris" in a.text.lower()
+    assert a.timings["ttft_s"] > 0 and a.meta["prompt_tokens"] > 40
+    b = HFGenerator(model="smollm2-135m-instruct", device="cpu", max_new_tokens=24, kv_reuse="blend",
+                    recompute_ratio=1.0)([r])[0]
+    assert b.text == a.text                    # r = 100% is full prefill

@@ -236,7 +236,7 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
               Chunk("c3", "d3", "berlin is the capital of germany .", 0, 34)]
     ix = KVIndexer(model=str(lm), store=str(tmp_path / "kv"), batch_size=2)
     assert ix(chunks) == chunks
-    assert ix.__dict__["_last_stats"]["computed"] == 3
+    assert ix.__dict__["_last_stats"]["computed"] == 3 + 20     # passages + glue blocks [1]..[20]
     ix(chunks)
     assert ix.__dict__["_last_stats"]["computed"] == 0         # incremental
     hits = tuple(Hit("q", c.doc_id, 3.0 - i, 0, c.text, c.chunk_id, c.meta) for i, c in enumerate(chunks))
@@ -307,3 +307,29 @@ def test_smollm2_exactness(smol):
             for a, b in zip(k0, kd):
                 rel = (rotate_keys(a, d, inv) - b).abs().max() / b.abs().max()
                 assert rel < (1e-5 if d <= 100 else 1e-3)
+
+
+def test_3c_cached_glue_blocks_equal_block_mask_forward(tiny):
+    """Glue tokens cached as blocks of their own (the generator's default) are blocks in the mask too."""
+    ps = [rand_ids(n, 20 + n) for n in (11, 17)]
+    glues = [rand_ids(3, 40 + i) for i in range(2)]
+    fin = rand_ids(5, 45)
+    eng = KVReuseEngine(tiny, None, [])
+    got = eng.prefill(eng.encode_blocks(glues), eng.encode_blocks(ps), fin)
+    pieces = [("g0", glues[0]), (0, ps[0]), ("g1", glues[1]), (1, ps[1])]
+    ids, owner = [], []
+    for kind, toks in pieces + [("final", fin)]:
+        ids += toks
+        owner += [kind] * len(toks)
+    n = len(ids)
+    allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    for i in range(n):
+        if owner[i] != "final":
+            allowed[i] &= torch.tensor([o == owner[i] for o in owner])
+    mask = torch.zeros(1, 1, n, n).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ref = tiny(input_ids=torch.tensor([ids]), attention_mask=mask, position_ids=torch.arange(n)[None]).logits[:, -1]
+    assert torch.allclose(got.logits, ref, atol=ATOL, rtol=0)
+    full = eng.full_prefill(ids)
+    assert torch.allclose(eng.prefill(eng.encode_blocks(glues), eng.encode_blocks(ps), fin,
+                                      recompute_ratio=1.0).logits, full.logits, atol=ATOL, rtol=0)
