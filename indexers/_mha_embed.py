@@ -100,6 +100,8 @@ class MultiHeadEmbedder:
         self.pooling = pooling
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        # right padding: positions 0..n-1 for every text (left padding would shift RoPE positions)
+        self.tokenizer.padding_side = "right"
         projs = find_output_projections(self.model)
         if not projs:
             raise ConfigError(f"model '{model}' ({type(self.model).__name__}): no attention output projection "

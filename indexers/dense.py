@@ -7,7 +7,9 @@ disk (see :mod:`ragkit.indexers._encoder`), so rebuilding over unchanged text on
 
 ``update: true`` updates an existing index in place of a rebuild: the chunks of every document in
 the batch replace that document's old chunks (delete by doc_id + add), other documents stay. The
-folder is rewritten atomically either way; a killed process leaves the old index intact.
+folder is rewritten atomically either way; a killed process leaves the old index intact. Added
+vectors of an IVF index go to its existing lists (the coarse quantizer is not retrained); rebuild
+after large changes. HNSW deletions are tombstones until the graph is rebuilt (see ``_faiss``).
 """
 from __future__ import annotations
 
