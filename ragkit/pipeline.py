@@ -109,31 +109,80 @@ class Pipeline:
             times[f"#{i + 1} {s.key}"] = time.perf_counter() - t0
         return batch, times
 
-    def build_index(self, documents: Iterable[Document] | None = None, *, progress: bool | None = None) -> dict:
-        """Run the index stages over ``documents`` (default: the corpus section). Returns stats."""
+    def build_index(self, documents: Iterable[Document] | None = None, *, progress: bool | None = None,
+                    incremental: bool = True) -> dict:
+        """Run the index stages over ``documents`` (default: the corpus section). Returns stats.
+
+        With the corpus section as input and ``incremental`` on, a rebuild reads, chunks and
+        indexes only the files/records that changed since the last build (a manifest is kept in
+        each index folder), provided every indexer supports ``update(chunks, removed_doc_ids)``;
+        otherwise everything is rebuilt.
+        """
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
+        for s in self.index_stages:
+            s.__dict__["_base_dir"] = self.base_dir
+            s.__dict__["_progress"] = progress
+        indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
+        previous = None
         if documents is None:
             if self.corpus is None:
                 raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
-            from .ingest import read_corpus
+            from .ingest import Manifest, read_corpus, read_corpus_incremental
 
+            if incremental and indexers and all(hasattr(s, "update") for s in indexers):
+                manifests = [Manifest.load(s.index_folder()) for s in indexers]
+                if manifests[0] is not None and all(m is not None and m.to_dict() == manifests[0].to_dict()
+                                                    for m in manifests):
+                    previous = manifests[0]
+            if previous is not None:
+                inc = read_corpus_incremental(self.corpus, base_dir=self.base_dir, previous_manifest=previous,
+                                              progress=progress)
+                return self._update_index(inc, indexers)
             documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
+        stats = self._run_index_stages(documents, self.index_stages)
+        manifest = getattr(documents, "manifest", None)
+        if manifest is not None:
+            for s in indexers:
+                manifest.save(s.index_folder())
+        return stats
+
+    def _run_index_stages(self, documents: Iterable[Any], stages: list[Stage]) -> dict:
         report = getattr(documents, "report", None)
         batch: list[Any] = list(documents)
         stats: dict[str, Any] = {"documents": len(batch)}
         if report is not None:
             stats["skipped"] = len(report.skipped)
             stats["report"] = report.summary()
-        for i, s in enumerate(self.index_stages):
-            s.__dict__["_base_dir"] = self.base_dir
-            s.__dict__["_progress"] = progress
+        for i, s in enumerate(stages):
             if s.input_kind == CHUNKS and batch and isinstance(batch[0], Document):
                 batch = documents_as_chunks(batch)
             t0 = time.perf_counter()
             batch = s(batch)
             stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
         stats["chunks"] = len(batch)
+        return stats
+
+    def _update_index(self, inc: Any, indexers: list[Stage]) -> dict:
+        """Chunk only the changed documents and hand them, with the stale ids, to each indexer."""
+        stats: dict[str, Any] = {"mode": "incremental", "added": len(inc.added), "changed": len(inc.changed),
+                                 "removed": len(inc.removed), "unchanged": len(inc.unchanged),
+                                 "skipped": len(inc.report.skipped), "report": inc.report.summary()}
+        if inc.added or inc.changed or inc.removed:
+            batch: list[Any] = list(inc.documents)
+            for i, s in enumerate(self.index_stages):
+                t0 = time.perf_counter()
+                if s.input_kind == CHUNKS and batch and isinstance(batch[0], Document):
+                    batch = documents_as_chunks(batch)
+                if s in indexers:
+                    s.setup()
+                    s.update(batch, inc.stale_ids)
+                else:
+                    batch = s(batch)
+                stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
+            stats["chunks"] = len(batch)
+        for s in indexers:
+            inc.manifest.save(s.index_folder())
         return stats
 
     # -- YAML ----------------------------------------------------------------------------------
