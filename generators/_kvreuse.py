@@ -108,7 +108,8 @@ def _new_cache(model: Any, keys: Sequence[Any], values: Sequence[Any]) -> Any:
     transformers = require("transformers")
     cache = transformers.DynamicCache(config=model.config)
     for i, (k, v) in enumerate(zip(keys, values)):
-        cache.update(k, v, i)
+        cache.update(k[:, :, :0], v[:, :, :0], i)      # initialise the layer, then hand it the tensors
+        cache.layers[i].keys, cache.layers[i].values = k, v
     return cache
 
 
@@ -230,40 +231,36 @@ class KVReuseEngine:
         P = len(self.prefix)
         L = len(pk)
         ids: list[int] = list(self.prefix)
-        keys: list[list[Any]] = [[k[0]] for k in pk]
-        vals: list[list[Any]] = [[v[0]] for v in pv]
-        recompute: list[int] = []          # positions always recomputed (glue)
+        recompute: list[int] = []          # positions always recomputed (uncached glue)
         passage_pos: list[int] = []        # positions of cached passage tokens
-        pos = P
         glue_pos: list[int] = []           # positions of cached glue blocks (selectable in blend)
-
-        def place(e: PassageKV, into: list[int]) -> None:
-            nonlocal pos, ids
-            n = e.n_tokens
-            rk = rotate_keys(e.keys, pos - e.start, self.inv_freq)
-            for layer in range(L):
-                keys[layer].append(rk[layer])
-                vals[layer].append(e.values[layer])
-            into += range(pos, pos + n)
-            ids += e.ids.tolist()
-            pos += n
-
+        layout: list[tuple[int, PassageKV | None, int]] = []   # (offset, cached entry or None, length)
+        pos = P
         for g, e in zip(glues, entries):
-            if isinstance(g, PassageKV):
-                place(g, glue_pos)
-            elif g:
-                H, D = pk[0].shape[1], pk[0].shape[-1]
-                z = torch.zeros(H, len(g), D, device=self.device, dtype=self.dtype)
-                for layer in range(L):
-                    keys[layer].append(z)
-                    vals[layer].append(z)
-                recompute += range(pos, pos + len(g))
-                ids += list(g)
-                pos += len(g)
-            place(e, passage_pos)
+            for item, into in ((g, glue_pos), (e, passage_pos)):
+                if isinstance(item, PassageKV):
+                    layout.append((pos, item, item.n_tokens))
+                    into += range(pos, pos + item.n_tokens)
+                    ids += item.ids.tolist()
+                    pos += item.n_tokens
+                elif item:                 # uncached glue tokens: zeros now, recomputed below
+                    layout.append((pos, None, len(item)))
+                    recompute += range(pos, pos + len(item))
+                    ids += list(item)
+                    pos += len(item)
         N = pos
-        K = [torch.cat(x, dim=1).unsqueeze(0) for x in keys]     # [1, H, N, D]
-        V = [torch.cat(x, dim=1).unsqueeze(0) for x in vals]
+        H, D = pk[0].shape[1], pk[0].shape[-1]
+        Kall = torch.zeros(L, H, N, D, device=self.device, dtype=self.dtype)
+        Vall = torch.zeros(L, H, N, D, device=self.device, dtype=self.dtype)
+        for layer in range(L):
+            Kall[layer, :, :P] = pk[layer][0]
+            Vall[layer, :, :P] = pv[layer][0]
+        for off, e, n in layout:
+            if e is not None:
+                Kall[:, :, off:off + n] = rotate_keys(e.keys, off - e.start, self.inv_freq)
+                Vall[:, :, off:off + n] = e.values
+        K = [Kall[layer].unsqueeze(0) for layer in range(L)]     # [1, H, N, D] views
+        V = [Vall[layer].unsqueeze(0) for layer in range(L)]
         stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
                                  "assemble_s": time.perf_counter() - t0}
         sel: list[int] = []
