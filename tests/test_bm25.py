@@ -382,7 +382,9 @@ def test_corrupt_folder_is_a_clear_error(tmp_path, damage):
         (path / "docstore.json").unlink()
     with pytest.raises(IndexArtifactError) as e:
         BM25Retriever(index=str(path)).setup()
-    assert str(path) in str(e.value) and "rebuild" in str(e.value).lower() or "Build it" in str(e.value)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    assert "rebuild" in msg.lower() or "Build it first" in msg, msg
 
 
 def test_failed_rebuild_leaves_old_index(tmp_path, monkeypatch):
@@ -403,3 +405,10 @@ def test_failed_rebuild_leaves_old_index(tmp_path, monkeypatch):
     # a successful rebuild replaces it
     BM25Indexer(path=path, k1=0.5)(docs(["entirely different corpus text"] * 3))
     assert BM25Retriever(index=path)([Query("q", "supersonic wing")])[0].hits == ()
+
+
+def test_empty_texts_among_others_are_indexed(tmp_path):
+    path = build(tmp_path, documents=[Document("a", ""), Document("b", "wing flow"), Document("c", "the of")])
+    idx = BM25Index.load(path)
+    assert idx.num_docs == 3 and idx.params["num_terms"] == 2
+    assert [h.doc_id for h in BM25Retriever(index=path)([Query("q", "wing")])[0].hits] == ["b"]
