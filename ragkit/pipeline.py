@@ -202,7 +202,10 @@ class Pipeline:
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_config(), sort_keys=False, allow_unicode=True, default_flow_style=None)
+        cfg = self.to_config()
+        text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, default_flow_style=None)
+        if yaml.safe_load(text) != cfg:  # PyYAML writes some line-break characters (NEL, LS) raw
+            text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=False, default_flow_style=None)
         if path is not None:
             from .artifacts import atomic_write_text
 
