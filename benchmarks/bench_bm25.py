@@ -288,7 +288,7 @@ def report(info: dict, results: list[dict]) -> str:
              "includes the input corpus held in memory (`input RSS`, measured before building).", "",
              "Corpus: the 3,881 real passages of Cranfield (1,398), CISI (1,460) and SQuAD v1.1 dev part A (1,023), "
              "**repeated with fresh ids** up to N, so the vocabulary is that of 3,881 passages and document "
-             "frequencies grow with N. Queries: Cranfield, CISI and SQuAD questions. Same scorer for all "
+             "frequencies grow with N. Queries: Cranfield, CISI and SQuAD questions interleaved round-robin (so a prefix of 300 holds 100 Cranfield, 76 CISI, 124 SQuAD; 1000 holds 225, 76, 699). Same scorer for all "
              f"({METHOD}, k1 {K1}, b {B}; rank_bm25 has only Okapi), same tokenization (NLTK English stopwords, "
              f"Porter), k = {K}.", "",
              "ragkit build = tokenize + bm25s index + tie-break order; save = atomic index folder incl. texts; "
