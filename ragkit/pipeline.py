@@ -115,7 +115,7 @@ class Pipeline:
 
         With the corpus section as input and ``incremental`` on, a rebuild reads, chunks and
         indexes only the files/records that changed since the last build (a manifest is kept in
-        each index folder), provided every indexer supports ``update(chunks, removed_doc_ids)``;
+        each index folder), provided every indexer supports ``update_index(chunks, removed_doc_ids)``;
         otherwise everything is rebuilt.
         """
         if not self.index_stages:
@@ -130,7 +130,7 @@ class Pipeline:
                 raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
             from .ingest import Manifest, read_corpus, read_corpus_incremental
 
-            if incremental and indexers and all(hasattr(s, "update") for s in indexers):
+            if incremental and indexers and all(callable(getattr(s, "update_index", None)) for s in indexers):
                 manifests = [Manifest.load(s.index_folder()) for s in indexers]
                 if manifests[0] is not None and all(m is not None and m.to_dict() == manifests[0].to_dict()
                                                     for m in manifests):
@@ -176,7 +176,7 @@ class Pipeline:
                     batch = documents_as_chunks(batch)
                 if s in indexers:
                     s.setup()
-                    s.update(batch, inc.stale_ids)
+                    s.update_index(batch, inc.stale_ids)
                 else:
                     batch = s(batch)
                 stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
