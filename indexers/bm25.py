@@ -313,6 +313,36 @@ class BM25Indexer(Stage):
                            tokenizer=self.tokenizer_config, store_text=self.store_text,
                            progress=self.__dict__.get("_progress"))
 
+    def index_folder(self) -> Path:
+        """The folder this indexer writes (Pipeline.build_index keeps its corpus manifest there)."""
+        return self.folder()
+
+    def update_index(self, chunks: Sequence[Chunk | Document], removed_doc_ids: Sequence[str]) -> None:
+        """Apply a corpus change: drop every stored chunk of ``removed_doc_ids`` (removed and
+        changed documents), add ``chunks``, and write the index again, atomically.
+
+        BM25's idf and average length depend on the whole corpus, so every score is recomputed,
+        from the stored texts plus the new chunks: no file is read or chunked again, and the
+        index equals a full rebuild over the new corpus. Needs an index built with store_text.
+        """
+        from ragkit.pipeline import documents_as_chunks
+
+        folder = self.folder()
+        old = BM25Index.load(folder, mmap=True)
+        if not old.params.get("store_text", True):
+            raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so it cannot be "
+                                     f"updated in place; rebuild it from the whole corpus.")
+        new = list(chunks)
+        if new and all(isinstance(c, Document) for c in new):
+            new = documents_as_chunks(new)
+        gone = set(removed_doc_ids)
+        kept = []
+        for i, (cid, did) in enumerate(zip(old.ids, old.doc_ids)):
+            if did not in gone:
+                text, title = old.text(i) or "", old.title(i)
+                kept.append(Chunk(cid, did, text, 0, len(text), {"title": title} if title else {}))
+        self.build(kept + new).save(folder)
+
     def run(self, batch: list[Chunk]) -> list[Chunk]:
         """Build and write the index; the chunks pass through. (``stage([])`` returns ``[]`` as
         every stage does; ``run([])`` and :meth:`build` raise StageInputError on an empty corpus.)"""

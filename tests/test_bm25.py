@@ -412,3 +412,21 @@ def test_empty_texts_among_others_are_indexed(tmp_path):
     idx = BM25Index.load(path)
     assert idx.num_docs == 3 and idx.params["num_terms"] == 2
     assert [h.doc_id for h in BM25Retriever(index=path)([Query("q", "wing")])[0].hits] == ["b"]
+
+
+def test_update_index_equals_full_rebuild(tmp_path):
+    path = build(tmp_path)
+    changed = Document("d03", "Library catalogues of supersonic wing reports", {"title": "new"})
+    added = Document("x1", "Boundary layer transition on a swept wing")
+    BM25Indexer(path=path).update_index([changed, added], ["d03", "d05"])  # d03 changed, d05 removed
+    want_docs = [d for d in docs() if d.doc_id not in ("d03", "d05")] + [changed, added]
+    full = build(tmp_path, "full", documents=want_docs)
+    for q in QUERIES + ["catalogues swept"]:
+        a = BM25Retriever(index=path, text=True)([Query("q", q)])[0]
+        b = BM25Retriever(index=full, text=True)([Query("q", q)])[0]
+        assert [(h.doc_id, h.score, h.text, h.title) for h in a.hits] == \
+            [(h.doc_id, h.score, h.text, h.title) for h in b.hits]
+    assert BM25Indexer(path=path).index_folder() == Path(path)
+    no_text = build(tmp_path, "nt", store_text=False)
+    with pytest.raises(IndexArtifactError, match="store_text"):
+        BM25Indexer(path=no_text).update_index([added], [])
