@@ -150,6 +150,10 @@ class Pipeline:
     def _run_index_stages(self, documents: Iterable[Any], stages: list[Stage]) -> dict:
         report = getattr(documents, "report", None)
         batch: list[Any] = list(documents)
+        if not batch:
+            from .errors import StageInputError
+
+            raise StageInputError("empty corpus: no documents to index (nothing was written)")
         stats: dict[str, Any] = {"documents": len(batch)}
         if report is not None:
             stats["skipped"] = len(report.skipped)

@@ -69,3 +69,18 @@ def test_reindex_changed_folder_processes_only_changes(tmp_path):
     ids = {h.doc_id for h in fresh.search("swim dogs cats birds fish").hits}
     assert ids == {"0.txt", "1.txt", "3.txt"}
     assert fresh.search("parks run").hits == ()  # the old version of 1.txt is gone
+
+
+def test_empty_corpus_is_an_error_and_keeps_old_index(tmp_path):
+    import pytest
+
+    from ragkit import StageInputError
+    from ragkit.records import Document
+
+    p, docs = _folder_pipeline(tmp_path)
+    p.build_index(progress=False)
+    before = sorted(x.name for x in (tmp_path / "idx").iterdir())
+    with pytest.raises(StageInputError, match="empty corpus"):
+        p.build_index([], progress=False)
+    assert sorted(x.name for x in (tmp_path / "idx").iterdir()) == before
+    assert p.build_index([Document("a", "x y")], progress=False)["documents"] == 1
