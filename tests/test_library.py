@@ -83,4 +83,4 @@ def test_empty_corpus_is_an_error_and_keeps_old_index(tmp_path):
     with pytest.raises(StageInputError, match="empty corpus"):
         p.build_index([], progress=False)
     assert sorted(x.name for x in (tmp_path / "idx").iterdir()) == before
-    assert p.build_index([Document("a", "x y")], progress=False)["documents"] == 1
+    assert p.build_index([Document("a", "zebras graze")], progress=False)["documents"] == 1
