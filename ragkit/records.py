@@ -1,7 +1,7 @@
 """The record types every stage speaks: frozen dataclasses, one vocabulary everywhere."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 
@@ -35,7 +35,7 @@ class Query:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Hit:
     """One retrieved item. ``rank`` counts from 0; ``chunk_id`` is set when chunks were indexed."""
 
@@ -46,6 +46,14 @@ class Hit:
     text: str | None = None
     chunk_id: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __init__(self, qid: str, doc_id: str, score: float, rank: int, text: str | None = None,
+                 chunk_id: str | None = None, meta: Mapping[str, Any] | None = None) -> None:
+        # hand-written: retrievers build many hits, and a frozen dataclass's generated
+        # __init__ (one object.__setattr__ per field) costs several times more
+        d = self.__dict__
+        d["qid"], d["doc_id"], d["score"], d["rank"] = qid, doc_id, score, rank
+        d["text"], d["chunk_id"], d["meta"] = text, chunk_id, {} if meta is None else meta
 
     @property
     def title(self) -> str | None:
@@ -69,9 +77,15 @@ class Ranking:
     hits: tuple[Hit, ...] = ()
 
     def __post_init__(self) -> None:
-        hits = tuple(sorted(self.hits, key=_order))
-        if any(h.rank != i or h.qid != self.query.qid for i, h in enumerate(hits)):
-            hits = tuple(replace(h, rank=i, qid=self.query.qid) for i, h in enumerate(hits))
+        hits, qid = self.hits, self.query.qid
+        keys = [(-h.score, h.doc_id, h.chunk_id or "") for h in hits]
+        in_order = all(a <= b for a, b in zip(keys, keys[1:]))
+        if not in_order:
+            hits = tuple(sorted(hits, key=_order))
+        if any(h.rank != i or h.qid != qid for i, h in enumerate(hits)):
+            hits = tuple(Hit(qid, h.doc_id, h.score, i, h.text, h.chunk_id, h.meta) for i, h in enumerate(hits))
+        elif not isinstance(hits, tuple):
+            hits = tuple(hits)
         object.__setattr__(self, "hits", hits)
 
     @property
