@@ -64,6 +64,77 @@ EXAMPLES: dict[str, Callable[[Path], tuple]] = {
 }
 
 
+_MODELS: dict[str, Path] = {}
+
+
+def tiny(kind: str, tmp: Path) -> str:
+    """Tiny random models made once per test session (tests/_tiny_models.py, tests/_tinylm.py)."""
+    if kind not in _MODELS:
+        from . import _tiny_models, _tinylm
+
+        folder = tmp / f"tiny-{kind}"
+        make = {"bert": lambda: _tiny_models.tiny_bert(folder), "bert-encoder": lambda: _tiny_models.tiny_bert(folder, head=False),
+                "t5": lambda: _tiny_models.tiny_t5(folder), "lm": lambda: _tinylm.make_tiny_lm(folder)}[kind]
+        _MODELS[kind] = make()
+    return str(_MODELS[kind])
+
+
+def _dense_index(tmp: Path) -> str:
+    from ragkit.indexers.dense import DenseIndexer
+
+    path = str(tmp / "dense")
+    DenseIndexer(path=path, model="hash")(chunks())
+    return path
+
+
+def _mha_index(tmp: Path) -> str:
+    from ragkit.indexers.mha import MHAIndexer
+
+    path = str(tmp / "mha")
+    MHAIndexer(path=path, model=tiny("bert-encoder", tmp), sample=4)(chunks())
+    return path
+
+
+def _langchain(tmp: Path):
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators.langchain import LangChainGenerator, register_model
+
+    register_model("conformance-fake", FakeListChatModel(responses=["Cats sit on mats [1]."] * 100))
+    return LangChainGenerator(model="conformance-fake")
+
+
+def _stage(module: str, cls: str, **kw):
+    import importlib
+
+    return getattr(importlib.import_module(module), cls)(**kw)
+
+
+EXAMPLES.update({
+    "indexer.dense": lambda tmp: (_stage("ragkit.indexers.dense", "DenseIndexer", path=str(tmp / "d"), model="hash"),
+                                  chunks()),
+    "retriever.dense": lambda tmp: (_stage("ragkit.retrievers.dense", "DenseRetriever", index=_dense_index(tmp), k=3,
+                                           text=True), QUERIES),
+    "indexer.mha": lambda tmp: (_stage("ragkit.indexers.mha", "MHAIndexer", path=str(tmp / "m"),
+                                       model=tiny("bert-encoder", tmp), sample=4), chunks()),
+    "retriever.mha": lambda tmp: (_stage("ragkit.retrievers.mha", "MHARetriever", index=_mha_index(tmp), k=3,
+                                         text=True), QUERIES),
+    "reranker.cross_encoder": lambda tmp: (_stage("ragkit.rerankers.cross_encoder", "CrossEncoderReranker",
+                                                  model=tiny("bert", tmp)), rankings()),
+    "reranker.monot5": lambda tmp: (_stage("ragkit.rerankers.monot5", "MonoT5Reranker", model=tiny("t5", tmp)),
+                                    rankings()),
+    "reranker.duot5": lambda tmp: (_stage("ragkit.rerankers.duot5", "DuoT5Reranker", model=tiny("t5", tmp), top_n=3),
+                                   rankings()),
+    "reranker.llm": lambda tmp: (_stage("ragkit.rerankers.llm", "LLMReranker", model=tiny("lm", tmp), top_n=3,
+                                        yes_token="one", no_token="two"), rankings()),
+    "generator.hf": lambda tmp: (_stage("ragkit.generators.hf", "HFGenerator", model=tiny("lm", tmp), max_new_tokens=4,
+                                        device="cpu"), rankings()),
+    "indexer.kv": lambda tmp: (_stage("ragkit.indexers.kv", "KVIndexer", model=tiny("lm", tmp), store=str(tmp / "kv"),
+                                      device="cpu", max_rank=2), chunks()),
+    "generator.langchain": lambda tmp: (_langchain(tmp), rankings()),
+})
+
+
 def _fusion(name: str, tmp: Path):
     from ragkit.retrievers import fusion
     from ragkit.retrievers.bm25 import BM25Retriever
