@@ -1,0 +1,53 @@
+"""Every ready pipeline in pipelines/ is loaded, indexed and run (indexes go to a temp folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragkit import Pipeline
+from ragkit.records import Answer, Ranking
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = sorted((REPO / "pipelines").glob("*.yaml"))
+NEEDS_SHARED = ("corpus: {dataset: cranfield}", "corpus: {dataset: cisi}")
+NEEDS_LLM = ("generator.hf", "indexer.kv", "reranker.llm")
+
+
+def _load(f: Path, tmp_path: Path, real_models: bool) -> Pipeline:
+    text = f.read_text().replace("../.ragkit/indexes", str(tmp_path / "indexes")).replace("../data/", f"{REPO}/data/")
+    if not real_models:
+        text = text.replace("model: minilm", "model: hash")
+    out = tmp_path / f.name
+    out.write_text(text)
+    return Pipeline.from_yaml(out)
+
+
+def _check(p: Pipeline) -> None:
+    p.build_index(progress=False)
+    results = p.run(["the flow of information about the game", "what system was used in 2015 to study the problem"])
+    assert len(results) == 2
+    for r in results:
+        ranking = r.ranking if isinstance(r, Answer) else r
+        assert isinstance(ranking, Ranking) and len(ranking.hits) > 0
+
+
+@pytest.mark.parametrize("f", [f for f in FILES if not any(m in f.read_text() for m in NEEDS_LLM)], ids=lambda f: f.name)
+def test_pipeline_runs(f, tmp_path, request):
+    if any(s in f.read_text() for s in NEEDS_SHARED):
+        request.getfixturevalue("shared_data")
+    _check(_load(f, tmp_path, real_models=False))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("f", FILES, ids=lambda f: f.name)
+def test_pipeline_runs_with_real_models(f, tmp_path, request):
+    if any(s in f.read_text() for s in NEEDS_SHARED):
+        request.getfixturevalue("shared_data")
+    _check(_load(f, tmp_path, real_models=True))
+
+
+def test_every_pipeline_is_covered():
+    assert FILES and all(f.suffix == ".yaml" for f in FILES)
+    for f in FILES:
+        assert Pipeline.from_yaml(f) == Pipeline.from_yaml(Pipeline.from_yaml(f).to_yaml())
