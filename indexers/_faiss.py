@@ -149,8 +149,7 @@ class DenseIndex:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             np.save(tmp / "ids.npy", self.ids)
             np.save(tmp / "deleted.npy", self.deleted)
-            store_doc = self.doc_ids if self.doc_ids != self.chunk_ids else self.chunk_ids
-            DocStore.write(tmp, self.chunk_ids, store_doc, texts, self.titles)
+            DocStore.write(tmp, self.chunk_ids, self.doc_ids, texts, self.titles)
             write_params(tmp, self.params)
 
     @classmethod
