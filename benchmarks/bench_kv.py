@@ -98,6 +98,7 @@ def ttft(args) -> None:
                 if m == "blend":
                     res["runs"][str(n)].setdefault("blend_detail", []).append(
                         {k: round(v, 4) for k, v in a.timings.items()})
+                    res["runs"][str(n)]["blend_recomputed"] = a.meta.get("recomputed_tokens")
                 print(f"rep {r} n={n} {m} ttft={a.timings['ttft_s']:.3f}s", flush=True)
     res["machine"]["load_avg_end"] = os.getloadavg()
     out = Path(args.out or RES / "kv_ttft.json")
@@ -200,7 +201,7 @@ def store(args) -> None:
 def report(args) -> None:
     lines = ["# Passage-KV reuse: measured results", "",
              "Produced by `benchmarks/bench_kv.py` (see its docstring for the commands). SmolLM2-135M-Instruct "
-             "(float32, SDPA) on this machine's CPU; no GPU was available in this session, so there are no GPU "
+             "(float32, SDPA, one torch thread) on this machine's 2-core CPU; no GPU was available in this session, so there are no GPU "
              "figures. The CPU was shared with other jobs while measuring (load averages recorded below), so "
              "absolute seconds are noisy; the three modes were measured interleaved in the same process, and "
              "ratios are the figures to read.", ""]
@@ -220,7 +221,26 @@ def report(args) -> None:
             xs.append(run["prompt_tokens"])
             for m in MODES:
                 ys[m].append(med[m])
-        lines += ["", "Targets (issue 5): at ~4k tokens, plain reuse >= 25x and r = 15% >= 5x faster than full prefill.", ""]
+        lines += ["", "Where the blend time goes (median seconds: KV lookup, assembly, token selection on layer 1, "
+                  "the one forward pass of recomputed + final tokens):", "",
+                  "| passages | recomputed tokens | kv_load | assemble | select | forward |", "|---|---|---|---|---|---|"]
+        for n, run in d["runs"].items():
+            det = run.get("blend_detail") or []
+            if det:
+                med = {k: statistics.median(x.get(k, 0.0) for x in det)
+                       for k in ("kv_load_s", "assemble_s", "select_s", "forward_s")}
+                lines.append(f"| {n} | {run.get('blend_recomputed', '')} | {med['kv_load_s']:.3f} | "
+                             f"{med['assemble_s']:.3f} | {med['select_s']:.3f} | {med['forward_s']:.3f} |")
+        old = RES / "kv_ttft_run1.json"
+        if old.exists():
+            o = json.loads(old.read_text())["runs"]
+            lines += ["", "An earlier run of the same script (before the assembly wrote into preallocated tensors; "
+                      "`kv_ttft_run1.json`) gave plain / blend speed-ups of " + ", ".join(
+                          f"{statistics.median(r['none']) / statistics.median(r['plain']):.1f}x / "
+                          f"{statistics.median(r['none']) / statistics.median(r['blend']):.1f}x at {r['prompt_tokens']}"
+                          for r in o.values()) + " tokens: run-to-run spread on this shared machine is of that order."]
+        lines += ["", "Targets (issue 5): at ~4k tokens, plain reuse >= 25x and r = 15% >= 5x faster than full "
+                  "prefill.", ""]
         try:
             import matplotlib
 
@@ -256,6 +276,11 @@ def report(args) -> None:
                       f"| full prefill | {100 * e['none']:.1f} | - |",
                       f"| plain reuse (r=0) | {100 * e['plain']:.1f} | {100 * d['same_text_as_full']['plain']:.0f}% |",
                       f"| CacheBlend r=0.15 | {100 * e['blend']:.1f} | {100 * d['same_text_as_full']['blend']:.0f}% |",
+                      "", "Paired with full prefill (questions right only with full / only with the mode): " + "; ".join(
+                          f"{m}: {sum(1 for x in d['items'] if x['none']['em_in'] > x[m]['em_in'])} / "
+                          f"{sum(1 for x in d['items'] if x['none']['em_in'] < x[m]['em_in'])}"
+                          for m in ("plain", "blend")) + f". With {d['questions']} questions one question is "
+                      f"{100 / d['questions']:.1f} points, so differences of a few points are within noise.",
                       "", "By gold position: " + "; ".join(
                           f"pos {p}: " + ", ".join(f"{m} {100 * v:.0f}" for m, v in s.items())
                           for p, s in d["em_in_by_gold_position"].items()), ""]
