@@ -1,12 +1,11 @@
-"""Offline resolution and loading of causal language models for the generators.
+"""Loading causal language models for the generators, offline.
 
-A name is resolved in this order: a short name shipped in an installed package (see
-:data:`SHORT_NAMES`), a local folder, then a hub id already present in the local hub cache.
-Anything else raises :class:`ModelNotFoundError` that says how to get the model; there is no
-silent fallback to another model.
-
-GGUF checkpoints are dequantised once and cached as safetensors under
-``ragkit.artifacts.cache_dir()/models/<short name>`` so later loads take well under a second.
+Names resolve through :func:`ragkit.models.resolve_model` (short names such as
+``smollm2-135m-instruct`` shipped in installed packages, local folders, hub ids already in the
+local cache); a name that does not resolve raises :class:`ModelNotFoundError` saying how to get
+the model -- there is no fallback to another model. GGUF checkpoints are dequantised once by
+:func:`ragkit.models.materialize_gguf` and cached as safetensors under
+``ragkit.artifacts.cache_dir()/models/`` so later loads take about a second.
 """
 from __future__ import annotations
 

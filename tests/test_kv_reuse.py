@@ -8,7 +8,6 @@ SmolLM2 in the model-marked tests at the end.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
