@@ -83,6 +83,9 @@ class HFGenerator(Stage):
         if self.do_sample is False and (self.top_k or self.top_p < 1.0 or self.temperature != 1.0):
             raise ConfigError(f"'{self.key}': temperature/top_k/top_p only apply with do_sample: true "
                               "(parameter 'do_sample').")
+        if self.kv_reuse != "none" and self.attn_implementation == "flash_attention_2":
+            raise ConfigError(f"'{self.key}': kv_reuse '{self.kv_reuse}' needs custom 4-D attention masks, which "
+                              "flash attention does not take; use attn_implementation: sdpa (or auto).")
         if self.kv_reuse == "plain" and self.recompute_ratio not in (0.0, 0.15):
             raise ConfigError(f"'{self.key}': parameter 'recompute_ratio' is {self.recompute_ratio} but "
                               "kv_reuse is 'plain' (r = 0); use kv_reuse: blend to recompute tokens.")
@@ -91,7 +94,10 @@ class HFGenerator(Stage):
     def _setup(self) -> None:
         from ._model import load_causal_lm
 
-        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, self.attn_implementation,
+        attn = self.attn_implementation
+        if attn == "auto" and self.kv_reuse != "none":
+            attn = "sdpa"      # reuse passes custom 4-D masks (flash attention takes none)
+        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn,
                                          base_dir=self.__dict__.get("_base_dir"))
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token

@@ -122,6 +122,8 @@ def test_config_checks_and_roundtrip(tiny):
         HFGenerator(kv_reuse="fast")
     with pytest.raises(ConfigError, match="recompute_ratio"):
         HFGenerator(kv_reuse="blend", recompute_ratio=1.5)
+    with pytest.raises(ConfigError, match="flash"):
+        HFGenerator(kv_reuse="plain", attn_implementation="flash_attention_2")
     g = HFGenerator(model=str(tiny), kv_reuse="blend", recompute_ratio=0.3, stop=["\n"])
     assert pickle.loads(pickle.dumps(g)) == g
     from ragkit.retrievers.bm25 import BM25Retriever  # noqa: F401  (retriever family present)
