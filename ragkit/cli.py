@@ -185,6 +185,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("no query: give QUERY, --queries FILE, or pipe queries on stdin")
     fmt = args.format or ("table" if sys.stdout.isatty() else "jsonl")
+    if args.stream:
+        gens = [s for s in p.stages if callable(getattr(s, "set_stream_callback", None))]
+        if not gens:
+            raise ConfigError("--stream needs a generator stage that streams (generator.hf, generator.langchain)")
+
+        def show(qid: str, piece: str) -> None:
+            print(piece, end="", file=sys.stderr, flush=True)
+
+        gens[-1].set_stream_callback(show)
     for i in range(0, len(queries), args.batch_size):
         _print_results(p.run(queries[i: i + args.batch_size]), fmt, args.show)
     return 0
@@ -270,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["table", "jsonl"], help="output format (default: table on a terminal, else jsonl)")
     sp.add_argument("--show", type=int, default=5, metavar="N", help="hits shown per query (default 5)")
     sp.add_argument("--batch-size", type=int, default=32, metavar="N", help="queries per batch (default 32)")
+    sp.add_argument("--stream", action="store_true", help="print answer tokens to stderr as they are generated")
 
     sp = add("eval", cmd_eval, "evaluate pipelines on a dataset (IR metrics, EM/F1, latency, significance)",
              "Evaluate one or more pipelines on a dataset. The first pipeline is the baseline for significance "

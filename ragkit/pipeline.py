@@ -6,6 +6,7 @@ this one code path.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -103,11 +104,29 @@ class Pipeline:
         batch: list[Any] = to_queries(queries)
         self.setup()
         times: dict[str, float] = {}
+        n = len(batch)
         for i, s in enumerate(self.stages):
             t0 = time.perf_counter()
-            batch = s(batch)
+            if s.output_kind == ANSWERS and i > 0:  # the generator's answers carry the upstream time
+                upstream = sum(times.values()) / n
+                batch = [replace(a, timings={"retrieval_s": upstream, **a.timings}) for a in s(batch)]
+            else:
+                batch = s(batch)
             times[f"#{i + 1} {s.key}"] = time.perf_counter() - t0
         return batch, times
+
+    # -- LangChain -----------------------------------------------------------------------------
+    def as_langchain_retriever(self) -> Any:
+        """This pipeline's retrieval part as a langchain-core ``BaseRetriever``."""
+        from .langchain import as_retriever
+
+        return as_retriever(self)
+
+    def as_langchain_runnable(self) -> Any:
+        """The whole pipeline as a langchain-core ``Runnable`` (str or dict in, answer out)."""
+        from .langchain import as_runnable
+
+        return as_runnable(self)
 
     def build_index(self, documents: Iterable[Document] | None = None, *, progress: bool | None = None,
                     incremental: bool = True) -> dict:

@@ -113,3 +113,23 @@ def test_run_from_stdin_subprocess(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(x) for x in out.stdout.splitlines()]
     assert [r["citations"] for r in rows] == [["d1"], ["d2"]]
+
+
+def test_stream_flag_and_retrieval_time_on_answers(tmp_path, capsys):
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators.langchain import register_model
+
+    register_model("cli-fake", FakeListChatModel(responses=["Cats sit on mats [1]."] * 10))
+    f = _pipeline(tmp_path)
+    f.write_text(f.read_text().replace("generator.extractive: {n: 2}", "generator.langchain: {model: cli-fake}"))
+    assert main(["index", str(f), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(f), "where do cats sit", "--stream", "--format", "jsonl"]) == 0
+    out = capsys.readouterr()
+    assert "Cats sit on mats" in out.err  # streamed pieces
+    row = json.loads(out.out)
+    assert row["answer"] == "Cats sit on mats [1]." and row["citations"] == ["d0"]
+    assert row["timings"]["retrieval_s"] >= 0
+    f2 = _pipeline(tmp_path)
+    assert main(["run", str(f2), "cats", "--stream"]) == 2  # extractive does not stream

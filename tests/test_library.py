@@ -84,3 +84,12 @@ def test_empty_corpus_is_an_error_and_keeps_old_index(tmp_path):
         p.build_index([], progress=False)
     assert sorted(x.name for x in (tmp_path / "idx").iterdir()) == before
     assert p.build_index([Document("a", "zebras graze")], progress=False)["documents"] == 1
+
+
+def test_pipeline_as_langchain_retriever_and_runnable(tmp_path):
+    p, _ = _folder_pipeline(tmp_path)
+    p.build_index(progress=False)
+    docs = p.as_langchain_retriever().invoke("dogs parks")
+    assert [d.metadata["doc_id"] for d in docs] == ["1.txt"]
+    out = p.as_langchain_runnable().invoke({"question": "dogs parks"})
+    assert [d.metadata["doc_id"] for d in out["documents"]] == ["1.txt"]

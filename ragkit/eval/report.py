@@ -74,7 +74,9 @@ class EvalResult:
     def rows(self, digits: int = 4) -> tuple[list[str], list[list[str]]]:
         """Header and rows of the summary table as strings."""
         stages = self.stage_columns()
-        header = ["pipeline", *self.metrics, "p50 ms", "p95 ms", *[f"{s} ms" for s in stages]]
+        ttft = any(self.latency.get(n, {}).get("ttft_ms") is not None for n in self.pipelines)
+        header = ["pipeline", *self.metrics, *(["TTFT ms"] if ttft else []), "p50 ms", "p95 ms",
+                  *[f"{s} ms" for s in stages]]
         rows = []
         for name in self.pipelines:
             row = [name + (" (baseline)" if name == self.baseline and len(self.pipelines) > 1 else "")]
@@ -82,6 +84,8 @@ class EvalResult:
                 v = self.summary.get(name, {}).get(m)
                 row.append("-" if v is None else f"{v:.{digits}f}{self.marker(name, m)}")
             lat = self.latency.get(name, {})
+            if ttft:
+                row.append(_ms(lat.get("ttft_ms")))
             row += [_ms(lat.get("p50_ms")), _ms(lat.get("p95_ms"))]
             row += [_ms(lat.get("stages_ms", {}).get(s)) for s in stages]
             rows.append(row)

@@ -200,6 +200,10 @@ def evaluate(pipelines: Any, dataset: "str | Path | Dataset | None" = None, metr
                          "p95_ms": float(np.percentile(ms, 95)) if ms.size else None,
                          "mean_ms": float(ms.mean()) if ms.size else None,
                          "stages_ms": {k: v * 1000 for k, v in stages.items()}, "setup_s": setup_s}
+        ttfts = [r.timings["ttft_s"] for r in results.values()
+                 if isinstance(r, Answer) and isinstance(r.timings.get("ttft_s"), (int, float))]
+        if ttfts:  # generators that report time to first token (mean over queries)
+            latency[name]["ttft_ms"] = float(np.mean(ttfts)) * 1000
 
     sig: dict[str, dict[str, dict[str, float]]] = {}
     if test and base_name is not None and len(pipes) > 1:
