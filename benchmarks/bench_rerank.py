@@ -123,11 +123,12 @@ def quality(args: argparse.Namespace) -> dict:
     from ragkit.retrievers.bm25 import BM25Retriever
 
     measures = [nDCG @ 10, RR @ 10]
-    out: dict = {"env": _env(), "datasets": {}, "model": args.model, "llm": args.llm,
+    out: dict = {"env": _env(), "datasets": {}, "model": args.model, "llm": args.llm, "llm_top_n": args.llm_top_n,
+                 "max_length": args.max_length,
                  "queries": args.queries, "llm_queries": args.llm_queries}
     tmp = Path(tempfile.mkdtemp(prefix="bench-rerank-q-"))
     ce = CrossEncoderReranker(model=args.model, top_n=100, batch_size=32, max_length=args.max_length)
-    llm = LLMReranker(model=args.llm, top_n=100, batch_size=16, max_length=args.max_length)
+    llm = LLMReranker(model=args.llm, top_n=args.llm_top_n, batch_size=16, max_length=args.max_length)
     for name in args.datasets:
         ds = load_dataset(name, data_dir=str(DATA) if DATA.exists() else None)
         if name == "squad":
@@ -180,7 +181,7 @@ def quality(args: argparse.Namespace) -> dict:
                "llm_sample": {**{k: score(v, small) for k, v in systems.items()}, "bm25>>llm": score(llm_out, small)}}
         res["seconds"] = {k: round(v, 1) for k, v in times.items()}
         res["pairs_per_s"] = {"cross_encoder": round(sum(min(100, len(r)) for r in systems["bm25"]) / times["bm25>>cross_encoder"], 1),
-                              "llm": round(sum(min(100, len(r)) for r in sub) / max(times["bm25>>llm"], 1e-9), 1)}
+                              "llm": round(sum(min(args.llm_top_n, len(r)) for r in sub) / max(times["bm25>>llm"], 1e-9), 1)}
         out["datasets"][name] = res
         print(name, json.dumps(res), flush=True)
     out["env"]["loadavg_end"] = os.getloadavg()[0]
@@ -226,6 +227,7 @@ def main() -> None:
     q.add_argument("--datasets", nargs="+", default=["squad", "cranfield", "cisi"])
     q.add_argument("--queries", type=int, default=100, help="seeded sample of judged queries per dataset")
     q.add_argument("--llm-queries", type=int, default=20, help="sub-sample reranked by reranker.llm")
+    q.add_argument("--llm-top-n", type=int, default=100, help="hits reranked by reranker.llm (the rest kept below)")
     q.add_argument("--max-length", type=int, default=512)
     q.add_argument("--no-hybrid", dest="hybrid", action="store_false")
     g = sub.add_parser("plot")
