@@ -129,6 +129,28 @@ class DenseIndexer(Stage):
             raise IndexArtifactError(f"{folder}: cannot update an index built with other parameters "
                                      f"({'; '.join(diffs)}). Rebuild it (update: false).")
 
+    def index_folder(self) -> Path:
+        """The folder this indexer writes (for Pipeline's incremental rebuilds)."""
+        return self.folder()
+
+    def update_index(self, chunks: list[Chunk], removed_doc_ids: list[str]) -> None:
+        """Incremental rebuild: drop ``removed_doc_ids``, add (encode) only ``chunks``, one atomic write."""
+        from ._faiss import DenseIndex
+
+        folder = self.folder()
+        idx = DenseIndex.load(folder, expect_key=STAGE_KEY)
+        enc = self.encoder()
+        self._check_compatible(folder, idx.params, enc.dim)
+        idx.delete(sorted(set(removed_doc_ids) | {c.doc_id for c in chunks}))
+        if chunks:
+            from ._encoder import show_progress
+
+            check_texts(chunks, STAGE_KEY)
+            vecs = enc.encode_documents([c.text for c in chunks], progress=show_progress(self))
+            idx.add(vecs, [c.chunk_id for c in chunks], [c.doc_id for c in chunks], [c.text for c in chunks],
+                    [c.meta.get("title") for c in chunks])
+        idx.save(folder)
+
     def delete_documents(self, doc_ids: list[str]) -> int:
         """Remove every chunk of ``doc_ids`` from the existing index folder (atomic rewrite)."""
         from ._faiss import DenseIndex

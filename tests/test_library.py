@@ -93,3 +93,29 @@ def test_pipeline_as_langchain_retriever_and_runnable(tmp_path):
     assert [d.metadata["doc_id"] for d in docs] == ["1.txt"]
     out = p.as_langchain_runnable().invoke({"question": "dogs parks"})
     assert [d.metadata["doc_id"] for d in out["documents"]] == ["1.txt"]
+
+
+def test_incremental_dense_and_bm25_together(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, t in enumerate(["cats sit on mats", "dogs run in parks", "birds fly over trees"]):
+        (docs / f"{i}.txt").write_text(t)
+    f = tmp_path / "p.yaml"
+    f.write_text("version: 1\ncorpus: {path: docs}\nindex:\n  - indexer.bm25: {path: bm}\n"
+                 "  - indexer.dense: {path: de, model: hash}\n"
+                 "pipeline:\n  - fusion.rrf:\n      retrievers:\n        - retriever.bm25: {index: bm}\n"
+                 "        - retriever.dense: {index: de}\n")
+    p = Pipeline.from_yaml(f)
+    p.build_index(progress=False)
+    (docs / "1.txt").write_text("whales swim in oceans")
+    upd = p.build_index(progress=False)
+    assert upd["mode"] == "incremental" and (upd["changed"], upd["unchanged"]) == (1, 2)
+    fresh = Pipeline.from_yaml(f)
+    assert fresh.search("whales oceans").hits[0].doc_id == "1.txt"
+    from ragkit.retrievers.dense import DenseRetriever
+
+    from ragkit.records import Query
+
+    (ranking,) = DenseRetriever(index=str(tmp_path / "de"), k=10, text=True)([Query("q", "whales")])
+    assert sorted((h.doc_id, h.text) for h in ranking.hits) == [
+        ("0.txt", "cats sit on mats"), ("1.txt", "whales swim in oceans"), ("2.txt", "birds fly over trees")]
