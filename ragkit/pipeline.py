@@ -315,6 +315,7 @@ def to_queries(queries: Any) -> list[Query]:
 
 
 def documents_as_chunks(docs: list[Document]) -> list[Chunk]:
+    """Each document as one chunk spanning its whole text (what indexers do with Documents)."""
     return [Chunk(d.doc_id, d.doc_id, d.text, 0, len(d.text), d.meta) for d in docs]
 
 
