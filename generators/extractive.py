@@ -16,7 +16,7 @@ from collections import Counter
 
 from ragkit.records import Answer, Ranking
 from ragkit.registry import register
-from ragkit.stage import ANSWERS, RANKINGS, Stage, param
+from ragkit.stage import Generator, param
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -33,19 +33,13 @@ def _terms(text: str) -> list[str]:
 
 
 @register("generator.extractive")
-class ExtractiveGenerator(Stage):
+class ExtractiveGenerator(Generator):
     """Model-free answers: the passage sentence with the highest IDF-weighted overlap with the question."""
 
     n: int = param(3, ge=1, help="number of top passages searched for the answer sentence")
     max_chars: int = param(300, ge=10, help="answers longer than this are cut at a word boundary")
-    input_kind = RANKINGS
-    output_kind = ANSWERS
 
-    def needs(self) -> frozenset[str]:
-        return frozenset({"text"})
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"answer", "citations"})
 
     def run(self, batch: list[Ranking]) -> list[Answer]:
         return [self._answer(r) for r in batch]

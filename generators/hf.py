@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 from ragkit.errors import ConfigError, StageInputError
 from ragkit.records import Answer, Ranking
 from ragkit.registry import register
-from ragkit.stage import ANSWERS, RANKINGS, Stage, param
+from ragkit.stage import Generator, param
 
 from ._prompt import PromptTemplate, build_segments, glue_text, ids_hash, parse_citations, prefix_ids
 
@@ -35,7 +35,7 @@ TokenCallback = Callable[[str, str], None]   # (qid, text piece)
 
 
 @register("generator.hf")
-class HFGenerator(Stage):
+class HFGenerator(Generator):
     """Generate answers with a transformers causal LM (optionally with passage-KV reuse)."""
 
     model: str = param("smollm2-135m-instruct", help="short name, local folder or cached hub id")
@@ -70,14 +70,8 @@ class HFGenerator(Stage):
                                         "(false: compute them with full attention at query time)")
     stream: bool = param(False, help="print answer tokens to stdout as they are generated")
 
-    input_kind = RANKINGS
-    output_kind = ANSWERS
 
-    def needs(self) -> frozenset[str]:
-        return frozenset({"text"})
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"answer", "citations"})
 
     def validate(self) -> None:
         if self.do_sample is False and (self.top_k or self.top_p < 1.0 or self.temperature != 1.0):

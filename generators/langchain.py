@@ -24,7 +24,7 @@ from ragkit._deps import require
 from ragkit.errors import ConfigError, StageInputError
 from ragkit.records import Answer, Ranking
 from ragkit.registry import register
-from ragkit.stage import ANSWERS, RANKINGS, Stage, param
+from ragkit.stage import Generator, param
 
 from ._prompt import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, block_text, glue_text, parse_citations
 
@@ -55,7 +55,7 @@ def user_message(question: str, passages: list[tuple[str, str | None]], header: 
 
 
 @register("generator.langchain")
-class LangChainGenerator(Stage):
+class LangChainGenerator(Generator):
     """Generate answers with a langchain-core chat model or LLM registered from Python."""
 
     model: str = param(help="name given to register_model() for the LangChain model")
@@ -66,14 +66,8 @@ class LangChainGenerator(Stage):
     stream: bool = param(False, help="stream tokens (to the callback, else stdout) and time the first one")
     max_concurrency: int = param(4, ge=1, help="parallel model calls in a batch")
 
-    input_kind = RANKINGS
-    output_kind = ANSWERS
 
-    def needs(self) -> frozenset[str]:
-        return frozenset({"text"})
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"answer", "citations"})
 
     @classmethod
     def wrap(cls, llm: Any, name: str | None = None, **kw: Any) -> "LangChainGenerator":

@@ -289,6 +289,30 @@ class Stage(Configurable):
         return doc[0] if doc else ""
 
 
+class Retriever(Stage):
+    """Base of retrievers: queries -> rankings; hits carry text (and title) when ``self.text`` is true."""
+
+    input_kind = QUERIES
+    output_kind = RANKINGS
+
+    def provides(self) -> frozenset[str]:
+        return frozenset({"doc_id", "chunk_id", "score", "rank"} | ({"text", "title"} if getattr(self, "text", False)
+                                                                   else set()))
+
+
+class Generator(Stage):
+    """Base of generators: rankings (with passage text) -> answers with citations."""
+
+    input_kind = RANKINGS
+    output_kind = ANSWERS
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({"text"})
+
+    def provides(self) -> frozenset[str]:
+        return frozenset({"answer", "citations"})
+
+
 def _as_stages(x: Any) -> list[Stage]:
     from .pipeline import Pipeline
 

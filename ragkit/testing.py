@@ -15,7 +15,7 @@ import numpy as np
 
 from .records import Answer, Hit, Ranking
 from .registry import register
-from .stage import ANSWERS, RANKINGS, Stage, param
+from .stage import RANKINGS, Generator, Stage, param
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
@@ -78,18 +78,10 @@ class OverlapReranker(Stage):
 
 
 @register("generator.echo")
-class EchoGenerator(Stage):
+class EchoGenerator(Generator):
     """Fake generator: the first sentence of the top passage, citing it."""
 
     max_chars: int = param(200, ge=1, help="cut the echoed sentence to this many characters")
-    input_kind = RANKINGS
-    output_kind = ANSWERS
-
-    def needs(self) -> frozenset[str]:
-        return frozenset({"text"})
-
-    def provides(self) -> frozenset[str]:
-        return frozenset({"answer", "citations"})
 
     def run(self, batch: list[Ranking]) -> list[Answer]:
         out = []

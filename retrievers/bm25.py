@@ -24,7 +24,7 @@ from ragkit.artifacts import check_params, resolve_path
 from ragkit.errors import IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
-from ragkit.stage import QUERIES, RANKINGS, Stage, param
+from ragkit.stage import Retriever, param
 
 from ragkit.indexers._tokenize import Tokenizer
 from ragkit.indexers.bm25 import KEY as INDEX_KEY
@@ -35,7 +35,7 @@ _TOKENIZER = ("lowercase", "stopwords", "stemmer", "token_pattern")
 
 
 @register("retriever.bm25")
-class BM25Retriever(Stage):
+class BM25Retriever(Retriever):
     """BM25 retrieval from an indexer.bm25 folder (bm25s score matrix, memory-mapped)."""
 
     index: str = param(help="folder written by indexer.bm25")
@@ -51,15 +51,11 @@ class BM25Retriever(Stage):
     stemmer: Literal["porter", "english", "none"] | None = param(None, help="must equal the index's "
                                                                              "(default: as built)")
     token_pattern: str | None = param(None, help="must equal the index's (default: as built)")
-    input_kind = QUERIES
-    output_kind = RANKINGS
 
     def validate(self) -> None:
         if self.token_pattern is not None:
             validate_pattern(self.key, self.token_pattern)
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"doc_id", "chunk_id", "score", "rank"} | ({"text", "title"} if self.text else set()))
 
     def wanted_params(self) -> dict[str, Any]:
         """The parameters given explicitly, in the index's params.json layout."""

@@ -13,7 +13,7 @@ from ragkit.artifacts import resolve_path
 from ragkit.errors import ConfigError, IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
-from ragkit.stage import QUERIES, RANKINGS, Stage, param
+from ragkit.stage import Retriever, param
 
 INDEX_KEY = "indexer.dense"
 
@@ -31,7 +31,7 @@ def hits_from_rows(q: Query, scores, rows, idx, with_text: bool) -> Ranking:
 
 
 @register("retriever.dense")
-class DenseRetriever(Stage):
+class DenseRetriever(Retriever):
     """Dense retrieval over an `indexer.dense` FAISS index (flat, HNSW, IVF, IVF-PQ)."""
 
     index: str = param(help="index folder written by indexer.dense")
@@ -44,11 +44,7 @@ class DenseRetriever(Stage):
     mmap: bool = param(False, help="memory-map the FAISS index and texts")
     batch_size: int = param(64, ge=1, help="queries per encoder batch")
 
-    input_kind = QUERIES
-    output_kind = RANKINGS
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"doc_id", "score", "rank", "chunk_id"} | ({"text"} if self.text else set()))
 
     def _setup(self) -> None:
         from ragkit.indexers._encoder import Encoder

@@ -21,15 +21,13 @@ import numpy as np
 from ragkit.errors import ConfigError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
-from ragkit.stage import QUERIES, RANKINGS, Stage, param
+from ragkit.stage import QUERIES, RANKINGS, Retriever, Stage, param
 
 
-class _Fusion(Stage):
+class _Fusion(Retriever):
     retrievers: list[Stage] = param(help="the retrievers (stages taking queries) whose rankings are fused")
     weights: list[float] | None = param(None, help="one weight per retriever (default: all 1)")
     k: int = param(100, ge=1, help="hits kept per query after fusion")
-    input_kind = QUERIES
-    output_kind = RANKINGS
 
     def validate(self) -> None:
         if not self.retrievers:

@@ -15,7 +15,7 @@ from ragkit.artifacts import DocStore, resolve_path, read_params
 from ragkit.errors import IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
-from ragkit.stage import QUERIES, RANKINGS, Stage, param
+from ragkit.stage import Retriever, param
 
 INDEX_KEY = "indexer.mha"
 
@@ -34,7 +34,7 @@ def vote(head_rows: Sequence[Sequence[int]], importance: Sequence[float]) -> dic
 
 
 @register("retriever.mha")
-class MHARetriever(Stage):
+class MHARetriever(Retriever):
     """Multi-Head RAG: per-head search over an `indexer.mha` index, importance-weighted voting."""
 
     index: str = param(help="index folder written by indexer.mha")
@@ -45,11 +45,7 @@ class MHARetriever(Stage):
     device: Literal["cpu", "cuda"] = param("cpu", help="torch device for the query forward pass")
     batch_size: int = param(16, ge=1, help="queries per forward pass")
 
-    input_kind = QUERIES
-    output_kind = RANKINGS
 
-    def provides(self) -> frozenset[str]:
-        return frozenset({"doc_id", "score", "rank", "chunk_id"} | ({"text"} if self.text else set()))
 
     def _setup(self) -> None:
         from ragkit._deps import require
