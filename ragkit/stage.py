@@ -299,6 +299,12 @@ class Retriever(Stage):
         return frozenset({"doc_id", "chunk_id", "score", "rank"} | ({"text", "title"} if getattr(self, "text", False)
                                                                    else set()))
 
+    def search(self, text: str) -> Any:
+        """Retrieve for one query given as text; returns its Ranking."""
+        from .pipeline import Pipeline
+
+        return Pipeline([self]).search(text)
+
 
 class Generator(Stage):
     """Base of generators: rankings (with passage text) -> answers with citations."""
