@@ -15,7 +15,8 @@ _EXPORTS = {
     "Document": "ragkit.records", "Chunk": "ragkit.records", "Query": "ragkit.records",
     "Hit": "ragkit.records", "Ranking": "ragkit.records", "Answer": "ragkit.records",
     # core
-    "Stage": "ragkit.stage", "param": "ragkit.stage", "register": "ragkit.registry",
+    "Stage": "ragkit.stage", "Retriever": "ragkit.stage", "Generator": "ragkit.stage",
+    "param": "ragkit.stage", "register": "ragkit.registry",
     "Pipeline": "ragkit.pipeline", "Cutoff": "ragkit.stages_core",
     "CorpusSpec": "ragkit.config", "EvalSpec": "ragkit.config",
     # errors
@@ -24,7 +25,10 @@ _EXPORTS = {
     "IndexArtifactError": "ragkit.errors", "MissingDependencyError": "ragkit.errors",
     "ModelNotFoundError": "ragkit.errors",
     # evaluation
-    "evaluate": "ragkit.eval", "load_dataset": "ragkit.eval",
+    "evaluate": "ragkit.eval", "load_dataset": "ragkit.eval", "list_datasets": "ragkit.eval",
+    "EvalResult": "ragkit.eval", "Dataset": "ragkit.eval",
+    # ingestion
+    "read_documents": "ragkit.ingest",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
