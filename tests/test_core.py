@@ -95,3 +95,12 @@ def test_extractive_generator_picks_matching_sentence():
                     Hit("q", "d2", 1.0, 1, "Earth's sky is blue.")))
     (a,) = ExtractiveGenerator()([r])
     assert a.text == "The sky on Mars is butterscotch in color." and a.citations == ("d1",)
+
+
+def test_top_level_exports_resolve():
+    import ragkit
+
+    missing = [n for n in ragkit.__all__ if n != "__version__" and getattr(ragkit, n, None) is None]
+    assert missing == []
+    with pytest.raises(AttributeError):
+        ragkit.NoSuchThing
