@@ -208,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         p = Pipeline.from_yaml(Path(f))
         pipes[p.name or Path(f).stem] = p
     spec = next(iter(pipes.values())).evaluation  # dataset/metrics default to the eval: section
-    res = evaluate(pipes, args.dataset, args.metrics, batch_size=args.batch_size or (spec.batch_size if spec else 1),
+    res = evaluate(pipes, args.dataset, args.metrics or (spec.metrics if spec else None), batch_size=args.batch_size or (spec.batch_size if spec else 1),
                    max_queries=args.max_queries or (spec.max_queries if spec else None),
                    significance=args.significance, progress=_progress(args), save=args.save)
     print(res.table())

@@ -158,7 +158,7 @@ def _builtins() -> dict[str, _Builtin]:
     from . import _loaders as L
 
     return {
-        "cranfield": _Builtin("Cranfield aeronautics abstracts: 1,400 docs, 225 queries, graded qrels (4 = best)",
+        "cranfield": _Builtin("Cranfield aeronautics abstracts: 1,400 records (1,398 with text), 225 queries, graded qrels (4 = best)",
                               L.load_cranfield, "cranfield"),
         "cisi": _Builtin("CISI library-science abstracts: 1,460 docs, the 76 judged of 112 queries, binary qrels",
                          L.load_cisi, "cisi"),
