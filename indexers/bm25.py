@@ -57,7 +57,7 @@ import numpy as np
 from ragkit.artifacts import DocStore, atomic_folder, content_hash, load_array, read_params, resolve_path, \
     write_params
 from ragkit.errors import ConfigError, IndexArtifactError, StageInputError
-from ragkit.records import Chunk, Document
+from ragkit.records import Chunk, Document, as_chunks
 from ragkit.registry import register
 from ragkit.stage import CHUNKS, Stage, param
 
@@ -304,12 +304,7 @@ class BM25Indexer(Stage):
 
     def build(self, batch: Sequence[Chunk | Document]) -> BM25Index:
         """Build the index in memory (no writing)."""
-        from ragkit.pipeline import documents_as_chunks
-
-        chunks = list(batch)
-        if chunks and all(isinstance(c, Document) for c in chunks):
-            chunks = documents_as_chunks(chunks)
-        return build_index(chunks, k1=self.k1, b=self.b, delta=self.delta, method=self.method,
+        return build_index(as_chunks(batch), k1=self.k1, b=self.b, delta=self.delta, method=self.method,
                            tokenizer=self.tokenizer_config, store_text=self.store_text,
                            progress=self.__dict__.get("_progress"))
 
@@ -325,16 +320,12 @@ class BM25Indexer(Stage):
         from the stored texts plus the new chunks: no file is read or chunked again, and the
         index equals a full rebuild over the new corpus. Needs an index built with store_text.
         """
-        from ragkit.pipeline import documents_as_chunks
-
         folder = self.folder()
         old = BM25Index.load(folder, mmap=True)
         if not old.params.get("store_text", True):
             raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so it cannot be "
                                      f"updated in place; rebuild it from the whole corpus.")
-        new = list(chunks)
-        if new and all(isinstance(c, Document) for c in new):
-            new = documents_as_chunks(new)
+        new = as_chunks(chunks)
         gone = set(removed_doc_ids)
         kept = []
         for i, (cid, did) in enumerate(zip(old.ids, old.doc_ids)):

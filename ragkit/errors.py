@@ -41,9 +41,6 @@ class ModelNotFoundError(RagkitError):
     """A model name does not resolve offline."""
 
 
-# older name, kept as an alias
-IndexError_ = IndexArtifactError
-
 
 def did_you_mean(given: str, choices: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest choice, or ''."""

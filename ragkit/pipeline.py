@@ -15,7 +15,7 @@ import yaml
 from .config import (CONFIG_VERSION, CorpusSpec, EvalSpec, load_yaml, parse_pipeline_dict, read_text,
                      stage_to_item)
 from .errors import PipelineError
-from .records import Chunk, Document, Query
+from .records import Document, Query, as_chunks
 from .stage import ANSWERS, CHUNKS, DOCUMENTS, QUERIES, RANKINGS, Stage
 
 QUERY_FIELDS = frozenset({"qid", "query"})
@@ -178,8 +178,6 @@ class Pipeline:
             stats["skipped"] = len(report.skipped)
             stats["report"] = report.summary()
         for i, s in enumerate(stages):
-            if s.input_kind == CHUNKS and batch and isinstance(batch[0], Document):
-                batch = documents_as_chunks(batch)
             t0 = time.perf_counter()
             batch = s(batch)
             stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
@@ -195,8 +193,8 @@ class Pipeline:
             batch: list[Any] = list(inc.documents)
             for i, s in enumerate(self.index_stages):
                 t0 = time.perf_counter()
-                if s.input_kind == CHUNKS and batch and isinstance(batch[0], Document):
-                    batch = documents_as_chunks(batch)
+                if s.input_kind == CHUNKS:
+                    batch = as_chunks(batch)
                 if s in indexers:
                     s.setup()
                     s.update_index(batch, inc.stale_ids)
@@ -314,9 +312,7 @@ def to_queries(queries: Any) -> list[Query]:
     return out
 
 
-def documents_as_chunks(docs: list[Document]) -> list[Chunk]:
-    """Each document as one chunk spanning its whole text (what indexers do with Documents)."""
-    return [Chunk(d.doc_id, d.doc_id, d.text, 0, len(d.text), d.meta) for d in docs]
+documents_as_chunks = as_chunks  # older name, used by the benchmarks
 
 
 __all__ = ["Pipeline", "to_queries", "documents_as_chunks", "RANKINGS", "ANSWERS"]

@@ -65,6 +65,12 @@ class Hit:
         return self.chunk_id if self.chunk_id is not None else self.doc_id
 
 
+def as_chunks(items: Iterable[Document | Chunk]) -> list[Chunk]:
+    """Chunks as they are; each Document as one chunk spanning its whole text (what indexers index)."""
+    return [Chunk(d.doc_id, d.doc_id, d.text, 0, len(d.text), d.meta) if isinstance(d, Document) else d
+            for d in items]
+
+
 def _order(h: Hit) -> tuple:
     return (-h.score, h.doc_id, h.chunk_id or "")
 

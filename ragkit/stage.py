@@ -257,10 +257,9 @@ class Stage(Configurable):
         if not batch:
             return []
         if self.input_kind == CHUNKS:  # a document is indexed as one chunk spanning all its text
-            from .records import Chunk, Document
+            from .records import as_chunks
 
-            batch = [Chunk(d.doc_id, d.doc_id, d.text, 0, len(d.text), d.meta) if isinstance(d, Document) else d
-                     for d in batch]
+            batch = as_chunks(batch)
         self.setup()
         return list(self.run(batch))
 

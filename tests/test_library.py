@@ -43,14 +43,17 @@ def test_one_pipeline_many_threads(tmp_path):
            [(a.text, a.citations, a.ranking.hits) for a in expected]
 
 
-def _folder_pipeline(tmp_path: Path) -> tuple[Pipeline, Path]:
+BM25_ONLY = ("  - indexer.bm25: {path: idx}\n", "  - retriever.bm25: {index: idx, k: 5}\n")
+
+
+def _folder_pipeline(tmp_path: Path, index: str = BM25_ONLY[0], query: str = BM25_ONLY[1]) -> tuple[Pipeline, Path]:
+    """Three .txt files in docs/ and a pipeline over them with the given index and query stage lines."""
     docs = tmp_path / "docs"
     docs.mkdir()
     for i, t in enumerate(["cats sit on mats", "dogs run in parks", "birds fly over trees"]):
         (docs / f"{i}.txt").write_text(t)
     f = tmp_path / "p.yaml"
-    f.write_text("version: 1\ncorpus: {path: docs}\nindex:\n  - indexer.bm25: {path: idx}\n"
-                 "pipeline:\n  - retriever.bm25: {index: idx, k: 5}\n")
+    f.write_text(f"version: 1\ncorpus: {{path: docs}}\nindex:\n{index}pipeline:\n{query}")
     return Pipeline.from_yaml(f), docs
 
 
@@ -96,16 +99,11 @@ def test_pipeline_as_langchain_retriever_and_runnable(tmp_path):
 
 
 def test_incremental_dense_and_bm25_together(tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i, t in enumerate(["cats sit on mats", "dogs run in parks", "birds fly over trees"]):
-        (docs / f"{i}.txt").write_text(t)
+    p, docs = _folder_pipeline(
+        tmp_path, "  - indexer.bm25: {path: bm}\n  - indexer.dense: {path: de, model: hash}\n",
+        "  - fusion.rrf:\n      retrievers:\n        - retriever.bm25: {index: bm}\n"
+        "        - retriever.dense: {index: de}\n")
     f = tmp_path / "p.yaml"
-    f.write_text("version: 1\ncorpus: {path: docs}\nindex:\n  - indexer.bm25: {path: bm}\n"
-                 "  - indexer.dense: {path: de, model: hash}\n"
-                 "pipeline:\n  - fusion.rrf:\n      retrievers:\n        - retriever.bm25: {index: bm}\n"
-                 "        - retriever.dense: {index: de}\n")
-    p = Pipeline.from_yaml(f)
     p.build_index(progress=False)
     (docs / "1.txt").write_text("whales swim in oceans")
     upd = p.build_index(progress=False)
