@@ -103,6 +103,128 @@ def rotate_keys(keys: Any, delta: int, inv_freq: Any) -> Any:
     return (k * cos + rot * sin).to(keys.dtype)
 
 
+def rotate_keys_into(dst: Any, keys: Any, delta: int, inv_freq: Any) -> None:
+    """``dst[...] = rotate_keys(keys, delta)`` without temporaries the size of ``keys`` (float32 keys).
+
+    Half-rotation RoPE with angle a_j: (x1, x2) -> (x1 cos a - x2 sin a, x2 cos a + x1 sin a).
+    """
+    torch = require("torch")
+    if delta == 0:
+        dst.copy_(keys)
+        return
+    if keys.dtype != torch.float32:
+        dst.copy_(rotate_keys(keys, delta, inv_freq))
+        return
+    ang = float(delta) * inv_freq.detach().to("cpu", torch.float64)
+    cos = ang.cos().to(keys.device, torch.float32)
+    sin = ang.sin().to(keys.device, torch.float32)
+    half = keys.shape[-1] // 2
+    x1, x2 = keys[..., :half], keys[..., half:]
+    torch.mul(x1, cos, out=dst[..., :half])
+    dst[..., :half].addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=dst[..., half:])
+    dst[..., half:].addcmul_(x1, sin)
+
+
+_GROW_LAYER: Any = None
+
+
+def _grow_layer_class() -> Any:
+    """A transformers ``DynamicLayer`` that appends in place into a preallocated buffer.
+
+    ``DynamicLayer.update`` concatenates (copies the whole layer) on every call; an assembled prompt
+    cache of a few thousand tokens would be copied once for the final block and again for every
+    decoded token. This layer keeps ``keys``/``values`` as views of a buffer with spare room and
+    writes new states into it, growing the buffer by 1.5x when full. If something else replaced
+    ``keys`` (crop, batch selection, the blend path's in-place repair), it starts a new buffer.
+    """
+    global _GROW_LAYER
+    if _GROW_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowLayer(DynamicLayer):
+            kbuf: Any = None
+            vbuf: Any = None
+
+            def adopt(self, kbuf: Any, vbuf: Any, n: int) -> None:
+                self.dtype, self.device = kbuf.dtype, kbuf.device
+                self.kbuf, self.vbuf = kbuf, vbuf
+                self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+                self.is_initialized = True
+
+            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                n = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
+                m = key_states.shape[-2]
+                kb = self.kbuf
+                ours = (kb is not None and n > 0 and self.keys.data_ptr() == kb.data_ptr()
+                        and self.values.data_ptr() == self.vbuf.data_ptr() and kb.shape[:2] == key_states.shape[:2])
+                if not ours or n + m > kb.shape[-2]:
+                    cap = max(n + m + 16, int((n + m) * 1.5))
+                    shape = (*key_states.shape[:2], cap, key_states.shape[-1])
+                    kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)
+                    if n:
+                        kb[:, :, :n] = self.keys
+                        vb[:, :, :n] = self.values
+                    self.kbuf, self.vbuf = kb, vb
+                self.kbuf[:, :, n:n + m] = key_states
+                self.vbuf[:, :, n:n + m] = value_states
+                self.keys, self.values = self.kbuf[:, :, :n + m], self.vbuf[:, :, :n + m]
+                return self.keys, self.values
+
+        _GROW_LAYER = GrowLayer
+    return _GROW_LAYER
+
+
+def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int) -> Any:
+    """A DynamicCache whose layers hold the first ``n`` positions of the given per-layer
+    ``[1, H, capacity, D]`` buffers and append into the rest in place."""
+    transformers = require("transformers")
+    cache = transformers.DynamicCache(config=model.config)
+    cls = _grow_layer_class()
+    for i, (k, v) in enumerate(zip(kbufs, vbufs)):
+        lay = cls()
+        lay.adopt(k, v, n)
+        cache.layers[i] = lay
+    return cache
+
+
+_GQA_ATTENTION = "ragkit_sdpa"
+
+
+def use_gqa_sdpa(model: Any) -> None:
+    """On CPU, let SDPA read grouped KV heads directly when a mask is given.
+
+    transformers' ``sdpa`` attention expands grouped-query KV heads (``repeat_kv``, a copy of the
+    whole cache per layer) whenever an attention mask is passed -- which is always the case when a
+    final block is prefilled over an assembled cache. PyTorch's CPU SDPA accepts ``enable_gqa``
+    together with a mask, with identical results, so for CPU models using ``sdpa`` this registers
+    an attention function that does that (and otherwise defers to transformers' own).
+    """
+    torch = require("torch")
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or next(model.parameters()).device.type != "cpu":
+        return
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                  scaling: float | None = None, is_causal: bool | None = None, **kw: Any) -> tuple[Any, None]:
+        groups = getattr(module, "num_key_value_groups", 1)
+        if (attention_mask is None or groups == 1 or query.shape[2] == 1 or query.device.type != "cpu"
+                or kw.get("position_bias") is not None or kw.get("softcap") is not None):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, is_causal=is_causal, **kw)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(_GQA_ATTENTION, attention)
+    AttentionMaskInterface.register(_GQA_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(_GQA_ATTENTION)
+
+
 def _new_cache(model: Any, keys: Sequence[Any], values: Sequence[Any]) -> Any:
     """A DynamicCache holding the given per-layer [B, H, T, D] tensors."""
     transformers = require("transformers")
@@ -119,11 +241,6 @@ def _cache_kv(cache: Any) -> tuple[list[Any], list[Any]]:
     return list(cache.key_cache), list(cache.value_cache)  # pragma: no cover - older transformers
 
 
-def _set_cache_kv(cache: Any, keys: Sequence[Any], values: Sequence[Any]) -> None:
-    for lay, k, v in zip(cache.layers, keys, values):
-        lay.keys, lay.values = k, v
-
-
 @dataclass
 class PrefillResult:
     logits: Any                 # [1, vocab] next-token logits after the final block
@@ -137,6 +254,7 @@ class KVReuseEngine:
 
     def __init__(self, model: Any, store: KVStore | None, prefix: Sequence[int]) -> None:
         check_supported(model)
+        use_gqa_sdpa(model)
         self.model = model
         self.store = store
         self.base = model.get_decoder()
@@ -218,12 +336,13 @@ class KVReuseEngine:
 
     # -- assembly ------------------------------------------------------------------------------------
     def prefill(self, glues: Sequence[Any], entries: Sequence[PassageKV], final: Sequence[int],
-                *, recompute_ratio: float = 0.0, select_layers: int = 1) -> PrefillResult:
+                *, recompute_ratio: float = 0.0, select_layers: int = 1, reserve: int = 0) -> PrefillResult:
         """Assemble prefix + (glue, cached block)* and prefill the rest; see the module docstring.
 
         A glue item is either token ids (computed fresh with full attention, with the final block)
         or a cached :class:`PassageKV` block of its own (placed like a passage; in ``blend`` mode
-        its tokens are candidates for recomputation like passage tokens).
+        its tokens are candidates for recomputation like passage tokens). ``reserve``: room for that
+        many tokens after the prompt (the tokens to be decoded), so decoding appends in place.
         """
         torch = require("torch")
         t0 = time.perf_counter()
@@ -250,17 +369,24 @@ class KVReuseEngine:
                     pos += len(item)
         N = pos
         H, D = pk[0].shape[1], pk[0].shape[-1]
-        Kall = torch.zeros(L, H, N, D, device=self.device, dtype=self.dtype)
-        Vall = torch.zeros(L, H, N, D, device=self.device, dtype=self.dtype)
+        # one buffer per layer with room for the final block and the decoded tokens; every position
+        # < N is written below (uncached glue with zeros: it is masked, but must not hold NaN garbage)
+        cap = N + len(final) + max(0, reserve)
+        Kall = torch.empty(L, 1, H, cap, D, device=self.device, dtype=self.dtype)
+        Vall = torch.empty(L, 1, H, cap, D, device=self.device, dtype=self.dtype)
         for layer in range(L):
-            Kall[layer, :, :P] = pk[layer][0]
-            Vall[layer, :, :P] = pv[layer][0]
+            Kall[layer, 0, :, :P] = pk[layer][0]
+            Vall[layer, 0, :, :P] = pv[layer][0]
         for off, e, n in layout:
-            if e is not None:
-                Kall[:, :, off:off + n] = rotate_keys(e.keys, off - e.start, self.inv_freq)
-                Vall[:, :, off:off + n] = e.values
-        K = [Kall[layer].unsqueeze(0) for layer in range(L)]     # [1, H, N, D] views
-        V = [Vall[layer].unsqueeze(0) for layer in range(L)]
+            if e is None:
+                Kall[:, 0, :, off:off + n] = 0
+                Vall[:, 0, :, off:off + n] = 0
+            else:
+                rotate_keys_into(Kall[:, 0, :, off:off + n], e.keys, off - e.start, self.inv_freq)
+                Vall[:, 0, :, off:off + n] = e.values
+        kbuf, vbuf = list(Kall), list(Vall)     # per-layer [1, H, cap, D] views
+        K = [b[:, :, :N] for b in kbuf]     # [1, H, N, D] views
+        V = [b[:, :, :N] for b in vbuf]
         stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
                                  "assemble_s": time.perf_counter() - t0}
         sel: list[int] = []
@@ -278,7 +404,7 @@ class KVReuseEngine:
         R = sorted(set(recompute) | set(sel))
         stats["recomputed_tokens"] = len(R)
         stats["recomputed_passage_tokens"] = len(sel)
-        cache = _new_cache(self.model, K, V)
+        cache = _buffer_cache(self.model, kbuf, vbuf, N)
         t2 = time.perf_counter()
         with torch.no_grad():
             logits = self._recompute_and_final(cache, ids, R, N, list(final))
@@ -313,16 +439,14 @@ class KVReuseEngine:
         inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
         out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        if len(R):
-            ks, vs = _cache_kv(cache)
-            newk, newv = [], []
-            for k, v in zip(ks, vs):
-                k2, v2 = k[:, :, :N].clone(), v[:, :, :N].clone()
-                k2[:, :, r] = k[:, :, N: N + len(R)]
-                v2[:, :, r] = v[:, :, N: N + len(R)]
-                newk.append(torch.cat([k2, k[:, :, N + len(R):]], dim=2))
-                newv.append(torch.cat([v2, v[:, :, N + len(R):]], dim=2))
-            _set_cache_kv(cache, newk, newv)
+        if len(R):   # move the fresh KV of R over the stale copies, the final block's after N-1 (in place)
+            nR, F = len(R), len(final)
+            for lay in cache.layers:
+                for name in ("keys", "values"):
+                    t = getattr(lay, name)                      # [1, H, N + nR + F, D]
+                    t[:, :, r] = t[:, :, N: N + nR]
+                    t[:, :, N: N + F] = t[:, :, N + nR: N + nR + F].clone()
+                    setattr(lay, name, t[:, :, : N + F])
         return out.logits[:, -1, :]
 
     def _deviation(self, ids: list[int], K: list[Any], V: list[Any], passage_pos: list[int],

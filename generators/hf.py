@@ -223,7 +223,8 @@ class HFGenerator(Generator):
                 computed += g_computed
             t_kv = time.perf_counter() - t0
             ratio = self.recompute_ratio if self.kv_reuse == "blend" else 0.0
-            pre = eng.prefill(glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers)
+            pre = eng.prefill(glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers,
+                              reserve=self.max_new_tokens)
             nxt = torch.tensor([pre.length], device=pre.logits.device)
             dec = decode(d["_model"], d["_tok"], pre.logits, pre.cache, params=self._decode_params(),
                          eos_ids=d["_eos"], next_pos=nxt, on_token=cb, t_start=t0)

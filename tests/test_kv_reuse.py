@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
-from ragkit.generators._kvreuse import KVReuseEngine, _cache_kv, check_supported, rotate_keys  # noqa: E402
+from ragkit.generators._kvreuse import (KVReuseEngine, _cache_kv, check_supported, rotate_keys,  # noqa: E402
+                                       rotate_keys_into)
 from ragkit.indexers._kvstore import KVStore, PassageKV  # noqa: E402
 
 from ._tinylm import make_tiny_lm  # noqa: E402
@@ -64,6 +65,55 @@ def test_1_single_passage_equals_full_prefill(tiny):
     assert torch.allclose(got.logits, ref.logits, atol=ATOL, rtol=0)
     for a, b in zip(_cache_kv(got.cache)[0], _cache_kv(ref.cache)[0]):
         assert torch.allclose(a, b, atol=ATOL, rtol=0)
+
+
+def test_gqa_attention_with_mask_equals_transformers_sdpa():
+    """The engine's CPU attention (SDPA reading grouped KV heads, mask given) = transformers' sdpa."""
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    eng_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg.to_dict())).eval()
+    eng_model.load_state_dict(ref.state_dict())
+    KVReuseEngine(eng_model, None, [1, 2])
+    assert eng_model.config._attn_implementation == "ragkit_sdpa" and ref.config._attn_implementation == "sdpa"
+    n = 12
+    allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    allowed[5:8, :5] = False                                   # a block that does not see what precedes it
+    mask = torch.zeros(1, 1, n, n).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    ids = torch.tensor([rand_ids(n, 9)]) % 50
+    with torch.no_grad():
+        a = ref(input_ids=ids, attention_mask=mask, position_ids=torch.arange(n)[None]).logits
+        b = eng_model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(n)[None]).logits
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_rotate_keys_into_equals_rotate_keys(tiny):
+    k = torch.randn(3, 2, 7, 16)
+    inv = tiny.get_decoder().rotary_emb.inv_freq[:8]
+    for d in (0, 5, 1000):
+        dst = torch.empty(3, 2, 10, 16)[:, :, 2:9]             # a strided destination, as in assembly
+        rotate_keys_into(dst, k, d, inv)
+        assert torch.allclose(dst, rotate_keys(k, d, inv), atol=1e-6, rtol=0)
+
+
+def test_decoding_appends_in_place_and_matches_full_prefill(tiny):
+    """The assembled cache has room for the decoded tokens: decoding writes into it (no copy of the
+    whole cache per token) and gives the same logits as decoding after a full prefill."""
+    prefix, p, fin = rand_ids(6, 1), rand_ids(30, 2), rand_ids(8, 3)
+    eng = KVReuseEngine(tiny, None, prefix)
+    got = eng.prefill([[]], eng.encode_blocks([p]), fin, reserve=4)
+    ref = eng.full_prefill(prefix + p + fin)
+    ptr = _cache_kv(got.cache)[0][0].data_ptr()
+    n = got.length
+    for step, tok in enumerate(rand_ids(4, 5)):
+        pos = torch.tensor([[n + step]])
+        with torch.no_grad():
+            a = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, past_key_values=got.cache, use_cache=True).logits
+            b = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, past_key_values=ref.cache, use_cache=True).logits
+        assert torch.allclose(a, b, atol=ATOL, rtol=0)
+    keys = _cache_kv(got.cache)[0][0]
+    assert keys.shape[-2] == n + 4 and keys.data_ptr() == ptr
 
 
 @pytest.mark.parametrize("d", [1, 37, 100])
