@@ -68,10 +68,24 @@ def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, state: dict
         shutil.rmtree(old)
 
 
+def head_parameter_names(net: Any) -> set[str]:
+    """Names of the parameters of a sequence-classification model's scoring head: the layers
+    outside the pretrained encoder (``classifier``) plus BERT's ``pooler``, which
+    sentence-transformers checkpoints carry untrained for this task.
+
+    The head starts random with weights of ~0.02; at the encoder's learning rate (~4e-5 per Adam
+    step) it needs hundreds of steps to grow, and until it does the encoder receives almost no
+    gradient (the loss sits at ln 2). Giving the head its own, larger rate (``head_lr``) is the
+    usual fix for short fine-tuning runs.
+    """
+    prefix = getattr(net, "base_model_prefix", "") + "."
+    return {n for n, _ in net.named_parameters() if not n.startswith(prefix) or ".pooler." in n}
+
+
 def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm", kind: str = "auto",
                    split: str = "train", holdout_every: int = 6, max_queries: int | None = None,
                    negatives: int = 1, neg_depth: int = 20, epochs: int = 1, batch_size: int = 16,
-                   lr: float = 4e-5, warmup: float = 0.1, weight_decay: float = 0.01, max_length: int = 256,
+                   lr: float = 4e-5, head_lr: float | None = 2e-3, warmup: float = 0.1, weight_decay: float = 0.01, max_length: int = 256,
                    query_max_tokens: int = 64, save_every: int = 100, resume: bool = True, seed: int = 13,
                    max_steps: int | None = None, progress: bool | None = None, data_dir: str | None = None,
                    threads: int | None = None) -> dict:
@@ -107,7 +121,13 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
     torch.manual_seed(seed)
     tok = tf.AutoTokenizer.from_pretrained(path)
     if kind == "cross_encoder":
-        net = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        # the new head is reported "MISSING" by transformers' load report: expected here, not a problem
+        verbosity = tf.logging.get_verbosity()
+        tf.logging.set_verbosity_error()
+        try:
+            net = tf.AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        finally:
+            tf.logging.set_verbosity(verbosity)
         net.config.id2label, net.config.label2id = {0: "relevant"}, {"relevant": 0}
     else:
         if not getattr(config, "is_encoder_decoder", False):
@@ -148,15 +168,23 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
 
     # -- optimiser, schedule, resume -----------------------------------------------------------------
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
-    groups = [{"params": [p for n, p in net.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": weight_decay},
-              {"params": [p for n, p in net.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+    heads = head_parameter_names(net) if kind == "cross_encoder" and head_lr else set()
+    groups = []
+    for is_head in (False, True):
+        for decay in (True, False):
+            ps = [p for n, p in net.named_parameters()
+                  if (n in heads) == is_head and (not any(k in n for k in no_decay)) == decay]
+            if ps:
+                groups.append({"params": ps, "weight_decay": weight_decay if decay else 0.0,
+                               "lr": head_lr if is_head else lr})
     opt = torch.optim.AdamW(groups, lr=lr)
     sched = tf.get_linear_schedule_with_warmup(opt, int(math.ceil(warmup * total)), total)
     ck = out / CKPT
     step, losses = 0, []
     run_info = {"model": model, "resolved": path, "kind": kind, "dataset": ds.name, "split": split,
                 "holdout_every": holdout_every, "queries": len(tq), "negatives": negatives, "neg_depth": neg_depth,
-                "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr if heads else None,
+                "max_length": max_length,
                 "query_max_tokens": query_max_tokens, "seed": seed, "total_steps": total}
     prior_seconds = 0.0
     if resume and (ck / "state.json").exists():
@@ -266,7 +294,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--neg-depth", type=int, default=20, help="sample negatives from BM25 top-N")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=4e-5)
+    p.add_argument("--lr", type=float, default=4e-5, help="learning rate of the pretrained encoder")
+    p.add_argument("--head-lr", type=float, default=2e-3,
+                   help="learning rate of the new scoring head (classifier + pooler; cross-encoders only; 0 = --lr)")
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--query-max-tokens", type=int, default=64)
@@ -282,7 +312,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     kw = {k: getattr(args, k) for k in ("dataset", "model", "kind", "split", "holdout_every", "max_queries", "negatives",
-                                        "neg_depth", "epochs", "batch_size", "lr", "warmup", "max_length",
+                                        "neg_depth", "epochs", "batch_size", "lr", "head_lr", "warmup", "max_length",
                                         "query_max_tokens", "save_every", "resume", "max_steps", "seed", "progress",
                                         "data_dir", "threads")}
     summary = train_reranker(args.output, **kw)
