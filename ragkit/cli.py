@@ -233,20 +233,62 @@ def _repo_file(rel: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """index -> run a few queries -> evaluate, on the bundled SQuAD sample."""
+    """index -> answer a few questions -> evaluate, on the bundled SQuAD sample.
+
+    When the pipeline ends in a generator and its ``eval:`` section bounds the questions
+    (``max_queries``, generation being slow on a CPU), the stages before the generator are also
+    scored on every question, so the retrieval figures do not rest on a few questions."""
+    import os
+    import time
+
+    # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
+    # spin while waiting made SmolLM2's token-by-token decoding ~20x slower when another process
+    # shared the 2 cores (1.5 s vs 0.07 s per token); with passive waits a question took 2-3 s.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .errors import MissingDependencyError, ModelNotFoundError
+    from .eval import evaluate
+    from .eval.metrics import DEFAULT_IR, parse_metrics
+    from .pipeline import Pipeline
+    from .stage import ANSWERS, RANKINGS
+
     pipeline = Path(args.pipeline) if args.pipeline else _repo_file("pipelines/default.yaml")
+    if pipeline.is_absolute() and pipeline.is_relative_to(Path.cwd()):
+        pipeline = pipeline.relative_to(Path.cwd())
     print(f"== ragkit demo: {pipeline} ==")
+    p = Pipeline.from_yaml(pipeline)
     print(f"$ ragkit index {pipeline}")
     cmd_index(argparse.Namespace(pipeline=str(pipeline), corpus=None, json=False, quiet=args.quiet))
     queries = read_queries(str(_repo_file("data/squad_sample/queries.jsonl")))[: args.n]
-    from .pipeline import Pipeline
-
-    p = Pipeline.from_yaml(pipeline)
+    t0 = time.perf_counter()
+    try:
+        p.setup()  # loads the models (the first run also converts SmolLM2's GGUF weights, once)
+    except (ModelNotFoundError, MissingDependencyError) as exc:
+        if args.pipeline:
+            raise
+        raise type(exc)(f"{exc} Or run the model-free demo (no torch, no model): "
+                        f"ragkit demo pipelines/extractive.yaml") from None
+    setup_s = time.perf_counter() - t0
+    if setup_s >= 1:
+        print(f"(stages loaded in {setup_s:.1f} s)")
     print(f"\n$ ragkit run {pipeline} --queries data/squad_sample/queries.jsonl  (first {len(queries)})")
     _print_results(p.run(queries), "table", args.show)
-    print(f"\n$ ragkit eval {pipeline}")
-    cmd_eval(argparse.Namespace(pipelines=[str(pipeline)], dataset=None, metrics=None, batch_size=None,
-                                max_queries=None, significance="ttest", save=None, quiet=args.quiet))
+
+    spec = p.evaluation
+    max_q = spec.max_queries if spec else None
+    prefix = Pipeline(p.stages[:-1], evaluation=spec, name=f"{p.name or pipeline.stem}: retrieval",
+                      base_dir=p.base_dir) if len(p.stages) > 1 else None
+    if max_q and p.output_kind == ANSWERS and prefix is not None and prefix.output_kind == RANKINGS:
+        names = spec.metrics or DEFAULT_IR
+        ir = [m.name for m in parse_metrics(names) if m.kind == "ir"] or list(DEFAULT_IR)
+        keys = " >> ".join(s.key or type(s).__name__ for s in prefix.stages)
+        print(f"\n# the retrieval stages alone ({keys}), on every question with relevance judgements")
+        print(evaluate(prefix, None, ir, batch_size=spec.batch_size, significance=None,
+                       progress=_progress(args)).table())
+    print(f"\n$ ragkit eval {pipeline}" + (f"   # the whole pipeline, on the first {max_q} questions (eval.max_queries)"
+                                           if max_q else ""))
+    res = evaluate(p, None, spec.metrics if spec else None, batch_size=spec.batch_size if spec else 1,
+                   max_queries=max_q, progress=_progress(args))
+    print(res.table())
     return 0
 
 
@@ -302,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("datasets", cmd_datasets, "list the named evaluation datasets")
 
-    sp = add("demo", cmd_demo, "index, query and evaluate the default pipeline on the bundled SQuAD sample")
+    sp = add("demo", cmd_demo, "index, query and evaluate the default pipeline (BM25 + SmolLM2 answers) on the bundled SQuAD sample")
     sp.add_argument("pipeline", nargs="?", help="pipeline file (default pipelines/default.yaml)")
     sp.add_argument("-n", type=int, default=3, help="queries shown (default 3)")
     sp.add_argument("--show", type=int, default=3, metavar="N", help="hits shown per query (default 3)")
