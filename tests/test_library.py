@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _sample_pipeline(tmp_path: Path) -> Pipeline:
-    text = (REPO / "pipelines" / "default.yaml").read_text()
+    text = (REPO / "pipelines" / "extractive.yaml").read_text()  # model-free
     text = text.replace("../data/", str(REPO / "data") + "/").replace("../.ragkit/indexes", str(tmp_path))
     f = tmp_path / "p.yaml"
     f.write_text(text)
