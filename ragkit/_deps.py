@@ -20,6 +20,8 @@ KNOWN = {
     "tokenizers": ("tokenizers", "dense"),
     "langchain_text_splitters": ("langchain-text-splitters", "dev"),
     "matplotlib": ("matplotlib", "dev"),
+    "gguf": ("gguf", "llm"),
+    "accelerate": ("accelerate", "llm"),
 }
 
 

