@@ -136,11 +136,10 @@ def test_cli_pair_and_bad_args(tiny, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.model
-@pytest.mark.xfail(reason="known gap (issue 4 open): this short training recipe does not yet beat BM25 "
-                          "(nDCG@10 0.22 vs BM25 0.71 on 200 held-out questions; lr 1e-4 with 3 negatives gave 0.16)", strict=False)
 def test_trained_reranker_beats_bm25_on_heldout_squad(shared_data, tmp_path):
-    """Train on part-a SQuAD questions of the training articles (600 of them, one BM25 hard
-    negative each), rerank BM25 top-20 of 200 questions from held-out articles."""
+    """Train with the default recipe on 2,000 part-a SQuAD questions of the training articles (three
+    BM25 hard negatives each: 500 steps, ~10 minutes on 2 CPU cores), rerank the BM25 top-20 of 200
+    questions from held-out articles: nDCG@10 must beat BM25's."""
     import ir_measures
     from ir_measures import nDCG
 
@@ -148,7 +147,7 @@ def test_trained_reranker_beats_bm25_on_heldout_squad(shared_data, tmp_path):
     train, held = D.split_qids(ds, holdout_every=6)
     assert held and not set(train) & set(held)
     out = tmp_path / "squad-ce"
-    s = train_reranker(str(out), dataset=ds, model="minilm", max_queries=600, batch_size=16, progress=False)
+    s = train_reranker(str(out), dataset=ds, model="minilm", max_queries=2000, progress=False)
     assert s["finished"]
     bm = D.bm25_rankings(ds, held[:200], k=20)
     rr = CrossEncoderReranker(model=str(out), batch_size=32)(bm)
