@@ -52,7 +52,7 @@ def resolve(name: str, base_dir: str | Path | None = None) -> ResolvedModel:
 
 
 def pick_device(device: str) -> str:
-    torch = require("torch", "generation")
+    torch = require("torch", "generation", extra="llm")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -63,7 +63,7 @@ def pick_device(device: str) -> str:
 
 
 def pick_dtype(dtype: str, device: str) -> Any:
-    torch = require("torch", "generation")
+    torch = require("torch", "generation", extra="llm")
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -74,7 +74,7 @@ def pick_dtype(dtype: str, device: str) -> Any:
 def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto",
                    base_dir: str | Path | None = None):
     """Load (tokenizer, model, ResolvedModel) in eval mode on the chosen device."""
-    transformers = require("transformers", "generation")
+    transformers = require("transformers", "generation", extra="llm")
     res = resolve(name, base_dir)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)

@@ -168,7 +168,7 @@ class KVStore:
 
     def put(self, block_text: str, kv: PassageKV) -> PassageKV:
         """Store an entry (cast to the storage dtype); returns the stored form."""
-        torch = require("torch", "the passage KV store")
+        torch = require("torch", "the passage KV store", extra="llm")
         dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.storage_dtype]
         stored = PassageKV(kv.ids.detach().to("cpu", torch.int64).contiguous(),
                            kv.keys.detach().to("cpu", dt).contiguous(),

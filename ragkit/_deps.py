@@ -25,12 +25,14 @@ KNOWN = {
 }
 
 
-def require(module: str, purpose: str = "") -> ModuleType:
-    """Import ``module`` or raise MissingDependencyError naming the extra that provides it."""
+def require(module: str, purpose: str = "", extra: str | None = None) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError naming the extra that provides it
+    (``extra`` overrides the module's usual extra, e.g. ``llm`` for torch needed by generation)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        dist, extra = KNOWN.get(module.split(".")[0], (module.split(".")[0], None))
+        dist, known = KNOWN.get(module.split(".")[0], (module.split(".")[0], None))
+        extra = extra or known
         how = f"pip install 'ragkit[{extra}]'" if extra else f"pip install {dist}"
         what = f" (needed for {purpose})" if purpose else ""
         raise MissingDependencyError(f"'{module}' is not installed{what}. Install it with: {how}  [{exc}]") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,8 +161,7 @@ def _print_results(results: list, fmt: str, show: int, out=None) -> None:
         print(f"\n[{r.qid}] {q}", file=out)
         if isinstance(r, Answer):
             print(f"  answer: {r.text}", file=out)
-            if r.citations:
-                print(f"  cites:  {', '.join(r.citations)}", file=out)
+            print(f"  cites:  {', '.join(r.citations) if r.citations else '(none)'}", file=out)
         for h in hits:
             snippet = " ".join((h.text or "").split())
             snippet = snippet[:100] + ("..." if len(snippet) > 100 else "")
@@ -238,13 +238,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     When the pipeline ends in a generator and its ``eval:`` section bounds the questions
     (``max_queries``, generation being slow on a CPU), the stages before the generator are also
     scored on every question, so the retrieval figures do not rest on a few questions."""
-    import os
     import time
 
-    # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
-    # spin while waiting made SmolLM2's token-by-token decoding ~20x slower when another process
-    # shared the 2 cores (1.5 s vs 0.07 s per token); with passive waits a question took 2-3 s.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .errors import MissingDependencyError, ModelNotFoundError
     from .eval import evaluate
     from .eval.metrics import DEFAULT_IR, parse_metrics
@@ -380,6 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         ap.print_help()
         return 2
+    if args.command in ("demo", "run", "eval"):
+        # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
+        # spin while waiting made SmolLM2's token-by-token decoding ~20x slower when another process
+        # shared the 2 cores (1.5 s vs 0.07 s per token); with passive waits a question took 2-3 s.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -231,7 +231,7 @@ def materialize_gguf(resolved: ResolvedModel) -> Path:
     out = cache_dir() / "models" / f"{Path(resolved.gguf_file).stem}-{key}"
     if (out / "config.json").exists():
         return out
-    transformers = require("transformers", f"loading {resolved.gguf_file}")
+    transformers = require("transformers", f"loading {resolved.gguf_file}", extra="llm")
     require("gguf", f"loading {resolved.gguf_file}")
     tok = transformers.AutoTokenizer.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
