@@ -17,10 +17,10 @@ Assembly of one prompt (segments from :mod:`._prompt`) at query time:
    attention over everything, and decoding continues normally.
 
 Steps 3 and 4 run as one forward pass of the R tokens and the final block at their real positions
-over a cache that holds the assembled KV of all earlier positions; the fresh KV is appended to the
-cache and a custom 4-D mask hides the stale copies, so every forwarded token attends to the fresh
-KV of earlier forwarded tokens and to the reused KV of the rest. The fresh KV of R then replaces
-the stale entries in place.
+over a cache that holds the assembled KV of all earlier positions; in every layer the fresh KV is
+written over the stale entries (and after them for the final block) before attention, and a 4-D
+mask lets each forwarded token see the positions up to its own, so it attends to the fresh KV of
+earlier forwarded tokens and to the reused KV of the rest.
 
 Only decoder-only RoPE models whose attention applies ``rotate_half`` rotary embeddings to the full
 head dimension with a static frequency table, with standard transformers caches and without
@@ -29,6 +29,7 @@ sliding-window layers, are served (Llama, Qwen2, Mistral families; SmolLM2 is Ll
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import sys
 import time
@@ -136,7 +137,9 @@ def _grow_layer_class() -> Any:
     cache of a few thousand tokens would be copied once for the final block and again for every
     decoded token. This layer keeps ``keys``/``values`` as views of a buffer with spare room and
     writes new states into it, growing the buffer by 1.5x when full. If something else replaced
-    ``keys`` (crop, batch selection, the blend path's in-place repair), it starts a new buffer.
+    ``keys`` (crop, batch selection), it starts a new buffer. With ``scatter_at`` set (the blend
+    path's recompute pass), an update writes the new states at those positions of the buffer
+    instead of appending, and the layer then holds the first ``scatter_len`` positions.
     """
     global _GROW_LAYER
     if _GROW_LAYER is None:
@@ -145,6 +148,8 @@ def _grow_layer_class() -> Any:
         class GrowLayer(DynamicLayer):
             kbuf: Any = None
             vbuf: Any = None
+            scatter_at: Any = None      # positions for the next update's states (blend recompute pass)
+            scatter_len: int = 0
 
             def adopt(self, kbuf: Any, vbuf: Any, n: int) -> None:
                 self.dtype, self.device = kbuf.dtype, kbuf.device
@@ -155,6 +160,12 @@ def _grow_layer_class() -> Any:
             def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
                 if not self.is_initialized:
                     self.lazy_initialization(key_states, value_states)
+                if self.scatter_at is not None:   # fresh states go to their real positions, in place
+                    T = self.scatter_len
+                    self.kbuf[:, :, :T].index_copy_(2, self.scatter_at, key_states)
+                    self.vbuf[:, :, :T].index_copy_(2, self.scatter_at, value_states)
+                    self.keys, self.values = self.kbuf[:, :, :T], self.vbuf[:, :, :T]
+                    return self.keys, self.values
                 n = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
                 m = key_states.shape[-2]
                 kb = self.kbuf
@@ -191,6 +202,9 @@ def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int
 
 
 _GQA_ATTENTION = "ragkit_sdpa"
+# (row start, row end, key end) for the query rows of the blend recompute pass; see _recompute_and_final
+_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]]] | None] = contextvars.ContextVar(
+    "ragkit_row_chunks", default=None)
 
 
 def use_gqa_sdpa(model: Any) -> None:
@@ -201,6 +215,11 @@ def use_gqa_sdpa(model: Any) -> None:
     final block is prefilled over an assembled cache. PyTorch's CPU SDPA accepts ``enable_gqa``
     together with a mask, with identical results, so for CPU models using ``sdpa`` this registers
     an attention function that does that (and otherwise defers to transformers' own).
+
+    The same function serves the blend path's recompute pass (queries at scattered positions, a
+    mask that lets each see the keys at positions up to its own): given row chunks in
+    ``_ROW_CHUNKS``, each chunk of query rows attends only to the key prefix its mask can reach,
+    which halves the attention work of that pass compared with one call over the whole key range.
     """
     torch = require("torch")
     if getattr(model.config, "_attn_implementation", None) != "sdpa" or next(model.parameters()).device.type != "cpu":
@@ -211,6 +230,16 @@ def use_gqa_sdpa(model: Any) -> None:
 
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, is_causal: bool | None = None, **kw: Any) -> tuple[Any, None]:
+        chunks = _ROW_CHUNKS.get()
+        if chunks is not None and attention_mask is not None and query.shape[2] == chunks[0] \
+                and query.device.type == "cpu" and not kw.get("position_bias") and not kw.get("softcap"):
+            gqa = getattr(module, "num_key_value_groups", 1) > 1
+            out = query.new_empty(query.shape)
+            for a, b, ke in chunks[1]:
+                out[:, :, a:b] = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, :, a:b], key[:, :, :ke], value[:, :, :ke], attn_mask=attention_mask[..., a:b, :ke],
+                    dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            return out.transpose(1, 2).contiguous(), None
         groups = getattr(module, "num_key_value_groups", 1)
         if (attention_mask is None or groups == 1 or query.shape[2] == 1 or query.device.type != "cpu"
                 or kw.get("position_bias") is not None or kw.get("softcap") is not None):
@@ -414,11 +443,13 @@ class KVReuseEngine:
     def _recompute_and_final(self, cache: Any, ids: list[int], R: list[int], N: int, final: list[int]) -> Any:
         """One forward pass over the recomputed positions R (< N) and the final block (N..N+F-1).
 
-        The cache holds the assembled KV of positions 0..N-1 (stale or zero at R); the fresh KV of
-        the forwarded tokens is appended by the model and a 4-D mask hides the stale copies, so each
-        forwarded token attends causally (by real position) to fresh R/final KV and reused KV of the
-        rest. Afterwards the fresh KV of R replaces the stale entries in place and the final block's
-        KV follows position N-1: the cache is exactly the prompt's, ready for decoding.
+        The cache holds the assembled KV of positions 0..N-1 (stale or zero at R) in per-layer
+        buffers with room for the final block. In every layer the fresh KV of the forwarded tokens is
+        written at their real positions (over the stale copies of R, and at N.. for the final block)
+        before attention, and a mask lets each forwarded token at position p see positions <= p: the
+        fresh KV of earlier forwarded tokens and the reused KV of the rest. Afterwards the cache is
+        exactly the prompt's, ready for decoding. On CPU the query rows (sorted by position) are cut
+        into chunks that each attend only to the key prefix they can see.
         """
         torch = require("torch")
         if not R:   # only the final block: the model's own causal mask over the cache is exact
@@ -426,27 +457,25 @@ class KVReuseEngine:
                              position_ids=torch.arange(N, N + len(final), device=self.device).unsqueeze(0),
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :]
-        pos = torch.tensor(R + list(range(N, N + len(final))), device=self.device)
-        m = len(pos)
-        r = pos[: len(R)]
-        allowed = torch.zeros(m, N + m, dtype=torch.bool, device=self.device)
-        allowed[:, :N] = torch.arange(N, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
-        if len(R):
-            allowed[:, r] = False                                # stale copies of recomputed tokens
-        allowed[:, N:] = pos.unsqueeze(0) <= pos.unsqueeze(1)     # fresh tokens, causal by real position
-        mask = torch.zeros(1, 1, m, N + m, dtype=self.dtype, device=self.device)
+        positions = R + list(range(N, N + len(final)))       # ascending: R is sorted and < N
+        pos = torch.tensor(positions, device=self.device)
+        m, T = len(pos), N + len(final)
+        allowed = torch.arange(T, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
+        mask = torch.zeros(1, 1, m, T, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        rows = max(32, math.ceil(m / 16))
+        chunks = [(a, min(a + rows, m), positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
         inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
-        out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        if len(R):   # move the fresh KV of R over the stale copies, the final block's after N-1 (in place)
-            nR, F = len(R), len(final)
+        for lay in cache.layers:
+            lay.scatter_at, lay.scatter_len = pos, T
+        token = _ROW_CHUNKS.set((m, chunks))
+        try:
+            out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask,
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            _ROW_CHUNKS.reset(token)
             for lay in cache.layers:
-                for name in ("keys", "values"):
-                    t = getattr(lay, name)                      # [1, H, N + nR + F, D]
-                    t[:, :, r] = t[:, :, N: N + nR]
-                    t[:, :, N: N + F] = t[:, :, N + nR: N + nR + F].clone()
-                    setattr(lay, name, t[:, :, : N + F])
+                lay.scatter_at = None
         return out.logits[:, -1, :]
 
     def _deviation(self, ids: list[int], K: list[Any], V: list[Any], passage_pos: list[int],

@@ -189,6 +189,28 @@ def test_4_full_recompute_equals_full_prefill(tiny):
     assert err(half) < err(plain)
 
 
+def test_blend_chunked_attention_equals_one_masked_call(tiny):
+    """The blend recompute pass on CPU cuts its query rows into chunks that each see only the key
+    prefix their mask reaches; eager attention over the whole mask must give the same result."""
+    prefix = rand_ids(5, 40)
+    ps = [rand_ids(60, 41 + i) for i in range(3)]
+    glues = [rand_ids(2, 50 + i) for i in range(3)]
+    fin = rand_ids(5, 59)
+    eng = KVReuseEngine(tiny, None, prefix)
+    entries = eng.encode_blocks(ps)
+    got = eng.prefill(glues, entries, fin, recompute_ratio=0.5)
+    assert got.stats["recomputed_tokens"] + len(fin) > 64   # more than two chunks of 32 rows
+    impl = tiny.config._attn_implementation
+    tiny.set_attn_implementation("eager")
+    try:
+        ref = eng.prefill(glues, entries, fin, recompute_ratio=0.5)
+    finally:
+        tiny.set_attn_implementation(impl)
+    assert torch.allclose(got.logits, ref.logits, atol=ATOL, rtol=0)
+    for a, b in zip(_cache_kv(got.cache)[0] + _cache_kv(got.cache)[1], _cache_kv(ref.cache)[0] + _cache_kv(ref.cache)[1]):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=ATOL, rtol=0)
+
+
 def test_blend_selects_the_most_deviating_tokens(tiny):
     """The tokens chosen at r are the top-r by KV deviation on the selection layer."""
     prefix = rand_ids(4, 5)
