@@ -97,7 +97,7 @@ def attention_dropout_overrides(config: Any, p: float | None) -> dict[str, float
     The default recipe turns it off (``p = 0``): PyTorch's fused CPU attention kernels do not
     implement dropout, so with it on, SDPA falls back to the unfused path that materialises the
     attention matrix, and a training step of all-MiniLM-L6-v2 (batch 16 x 200 tokens, 2 threads)
-    takes ~1.5x as long (``benchmarks/probe_train_speed.py``). Hidden-state dropout stays as the
+    takes ~1.7x as long (``benchmarks/probe_train_speed.py``). Hidden-state dropout stays as the
     checkpoint has it. T5 has a single ``dropout_rate`` and is left unchanged.
     """
     if p is None:
@@ -330,7 +330,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--attention-dropout", type=float, default=0.0,
                    help="dropout on attention probabilities while training (default 0: keeps CPU attention fused, "
-                        "~1.5x faster steps); -1 keeps the checkpoint's own")
+                        "~1.7x faster steps); -1 keeps the checkpoint's own")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--query-max-tokens", type=int, default=64)
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
