@@ -5,6 +5,7 @@ Three prefill modes of ``generator.hf`` in the same process, interleaved per rep
 
   python benchmarks/bench_kv.py ttft    --repeats 3 --sizes 5,10,20,40     # TTFT at ~1k/2k/4k/8k tokens
   python benchmarks/bench_kv.py quality --passages 10 --questions 40       # NQ-open lost-in-the-middle
+                                      [--extra-ratios 0.5]               #   + more blend ratios
   python benchmarks/bench_kv.py store                                      # bytes, load vs recompute
   python benchmarks/bench_kv.py report                                     # kv.md + kv_ttft.png
 
@@ -51,12 +52,12 @@ def machine() -> dict:
             "load_avg_start": os.getloadavg(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def generators(store: str, max_new: int, max_passages: int, max_tokens: int, **kw):
+def generators(store: str, max_new: int, max_passages: int, max_tokens: int, modes: dict | None = None, **kw):
     from ragkit.generators.hf import HFGenerator
 
     gens = {m: HFGenerator(model="smollm2-135m-instruct", device="cpu", dtype="float32", max_new_tokens=max_new,
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
-                           kv_memory_mb=4096, **kw, **extra).setup() for m, extra in MODES.items()}
+                           kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
     # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
     base = gens["none"].__dict__["_model"]
     for g in gens.values():
@@ -117,7 +118,8 @@ def quality(args) -> None:
     k = args.passages
     positions = [0, k // 2, k - 1]
     store = tempfile.mkdtemp(prefix="bench-kvq-")
-    gens = generators(store, args.max_new_tokens, k, 0, stop=["\n"])
+    modes = {**MODES, **{f"blend r={r:g}": {"kv_reuse": "blend", "recompute_ratio": r} for r in args.extra_ratios}}
+    gens = generators(store, args.max_new_tokens, k, 0, modes=modes, stop=["\n"])
     for g in gens.values():   # no disk writes: the memory LRU holds the ~questions distinct passages
         eng = g.__dict__.get("_engine")
         if eng is not None:
@@ -137,16 +139,16 @@ def quality(args) -> None:
                      for j, c in enumerate(ctx))
         rk = Ranking(q, hits)
         item = {"qid": q.qid, "question": row["question"], "answers": row["answers"], "gold_pos": pos}
-        for m in MODES:
+        for m in modes:
             a = gens[m]([rk])[0]
             item[m] = {"text": a.text, "em_in": answer_score("EM-in", a.text, row["answers"]),
                        "ttft_s": a.timings["ttft_s"], "prompt_tokens": a.meta["prompt_tokens"]}
         per.append(item)
-        print(qi, pos, {m: (item[m]["em_in"], item[m]["text"][:40]) for m in MODES}, flush=True)
-    summary = {m: statistics.mean(x[m]["em_in"] for x in per) for m in MODES}
-    by_pos = {str(p): {m: statistics.mean(x[m]["em_in"] for x in per if x["gold_pos"] == p) for m in MODES}
+        print(qi, pos, {m: (item[m]["em_in"], item[m]["text"][:40]) for m in modes}, flush=True)
+    summary = {m: statistics.mean(x[m]["em_in"] for x in per) for m in modes}
+    by_pos = {str(p): {m: statistics.mean(x[m]["em_in"] for x in per if x["gold_pos"] == p) for m in modes}
               for p in positions if any(x["gold_pos"] == p for x in per)}
-    agree = {m: statistics.mean(float(x[m]["text"] == x["none"]["text"]) for x in per) for m in ("plain", "blend")}
+    agree = {m: statistics.mean(float(x[m]["text"] == x["none"]["text"]) for x in per) for m in modes if m != "none"}
     res = {"machine": machine(), "passages": k, "questions": len(per), "seed": args.seed,
            "max_new_tokens": args.max_new_tokens, "em_in": summary, "em_in_by_gold_position": by_pos,
            "same_text_as_full": agree,
@@ -276,10 +278,12 @@ def report(args) -> None:
                       f"| full prefill | {100 * e['none']:.1f} | - |",
                       f"| plain reuse (r=0) | {100 * e['plain']:.1f} | {100 * d['same_text_as_full']['plain']:.0f}% |",
                       f"| CacheBlend r=0.15 | {100 * e['blend']:.1f} | {100 * d['same_text_as_full']['blend']:.0f}% |",
+                      *[f"| CacheBlend {m[6:]} | {100 * e[m]:.1f} | {100 * d['same_text_as_full'][m]:.0f}% |"
+                        for m in e if m.startswith("blend r=")],
                       "", "Paired with full prefill (questions right only with full / only with the mode): " + "; ".join(
                           f"{m}: {sum(1 for x in d['items'] if x['none']['em_in'] > x[m]['em_in'])} / "
                           f"{sum(1 for x in d['items'] if x['none']['em_in'] < x[m]['em_in'])}"
-                          for m in ("plain", "blend")) + f". With {d['questions']} questions one question is "
+                          for m in e if m != "none") + f". With {d['questions']} questions one question is "
                       f"{100 / d['questions']:.1f} points, so differences of a few points are within noise.",
                       "", "By gold position: " + "; ".join(
                           f"pos {p}: " + ", ".join(f"{m} {100 * v:.0f}" for m, v in s.items())
@@ -317,6 +321,8 @@ def main(argv=None) -> None:
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--budget-s", type=float, default=0, help="stop after this many seconds (0 = no limit)")
+    q.add_argument("--extra-ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
+                   help="more blend recompute ratios to measure alongside, e.g. 0.3,0.5")
     q.add_argument("--out", default="")
     s = sub.add_parser("store")
     s.add_argument("--passages", type=int, default=100)
