@@ -59,7 +59,10 @@ def generators(store: str, max_new: int, max_passages: int, max_tokens: int, mod
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
                            kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
     # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
+    from ragkit.generators._kvreuse import use_gqa_sdpa
+
     base = gens["none"].__dict__["_model"]
+    use_gqa_sdpa(base)   # as each engine did on its own model (full prefill passes no mask: unaffected)
     for g in gens.values():
         g.__dict__["_model"] = base
         eng = g.__dict__.get("_engine")

@@ -202,6 +202,7 @@ def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int
 
 
 _GQA_ATTENTION = "ragkit_sdpa"
+ROW_CHUNKS, ROW_CHUNK_MIN = 16, 32      # blend recompute pass: at most this many row chunks of at least this many rows
 # (row start, row end, key end) for the query rows of the blend recompute pass; see _recompute_and_final
 _ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]]] | None] = contextvars.ContextVar(
     "ragkit_row_chunks", default=None)
@@ -463,7 +464,7 @@ class KVReuseEngine:
         allowed = torch.arange(T, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
         mask = torch.zeros(1, 1, m, T, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        rows = max(32, math.ceil(m / 16))
+        rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
         chunks = [(a, min(a + rows, m), positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
         inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
         for lay in cache.layers:
