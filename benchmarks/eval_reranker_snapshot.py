@@ -18,7 +18,6 @@ from ragkit.rerankers._base import resolve_model
 from ragkit.rerankers.cross_encoder import CrossEncoderReranker
 
 
-
 def heldout_scores(ds, model_dir: str, nheld: int) -> tuple[tuple, tuple]:
     """(BM25, reranked) (nDCG@10, RR@10) on the bm25s top 20 of the first ``nheld`` held-out questions."""
     _, held = D.split_qids(ds, holdout_every=6)

@@ -204,7 +204,7 @@ def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int
 _GQA_ATTENTION = "ragkit_sdpa"
 ROW_CHUNKS, ROW_CHUNK_MIN = 16, 32      # blend recompute pass: at most this many row chunks of at least this many rows
 # (row start, row end, key end) for the query rows of the blend recompute pass; see _recompute_and_final
-_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]]] | None] = contextvars.ContextVar(
+_ACTIVE_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]]] | None] = contextvars.ContextVar(
     "ragkit_row_chunks", default=None)
 
 
@@ -219,7 +219,7 @@ def use_gqa_sdpa(model: Any) -> None:
 
     The same function serves the blend path's recompute pass (queries at scattered positions, a
     mask that lets each see the keys at positions up to its own): given row chunks in
-    ``_ROW_CHUNKS``, each chunk of query rows attends only to the key prefix its mask can reach,
+    ``_ACTIVE_ROW_CHUNKS``, each chunk of query rows attends only to the key prefix its mask can reach,
     which halves the attention work of that pass compared with one call over the whole key range.
     """
     torch = require("torch")
@@ -231,19 +231,18 @@ def use_gqa_sdpa(model: Any) -> None:
 
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, is_causal: bool | None = None, **kw: Any) -> tuple[Any, None]:
-        chunks = _ROW_CHUNKS.get()
-        if chunks is not None and attention_mask is not None and query.shape[2] == chunks[0] \
-                and query.device.type == "cpu" and not kw.get("position_bias") and not kw.get("softcap"):
-            gqa = getattr(module, "num_key_value_groups", 1) > 1
+        groups = getattr(module, "num_key_value_groups", 1)
+        transformers_own = (attention_mask is None or query.device.type != "cpu"
+                            or kw.get("position_bias") is not None or kw.get("softcap") is not None)
+        chunks = _ACTIVE_ROW_CHUNKS.get()
+        if not transformers_own and chunks is not None and query.shape[2] == chunks[0]:
             out = query.new_empty(query.shape)
             for a, b, ke in chunks[1]:
                 out[:, :, a:b] = torch.nn.functional.scaled_dot_product_attention(
                     query[:, :, a:b], key[:, :, :ke], value[:, :, :ke], attn_mask=attention_mask[..., a:b, :ke],
-                    dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+                    dropout_p=dropout, scale=scaling, enable_gqa=groups > 1)
             return out.transpose(1, 2).contiguous(), None
-        groups = getattr(module, "num_key_value_groups", 1)
-        if (attention_mask is None or groups == 1 or query.shape[2] == 1 or query.device.type != "cpu"
-                or kw.get("position_bias") is not None or kw.get("softcap") is not None):
+        if transformers_own or groups == 1 or query.shape[2] == 1:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, is_causal=is_causal, **kw)
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -469,12 +468,12 @@ class KVReuseEngine:
         inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
         for lay in cache.layers:
             lay.scatter_at, lay.scatter_len = pos, T
-        token = _ROW_CHUNKS.set((m, chunks))
+        token = _ACTIVE_ROW_CHUNKS.set((m, chunks))
         try:
             out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
         finally:
-            _ROW_CHUNKS.reset(token)
+            _ACTIVE_ROW_CHUNKS.reset(token)
             for lay in cache.layers:
                 lay.scatter_at = None
         return out.logits[:, -1, :]

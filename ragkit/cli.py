@@ -377,8 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in ("demo", "run", "eval"):
         # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
-        # spin while waiting made SmolLM2's token-by-token decoding ~20x slower when another process
-        # shared the 2 cores (1.5 s vs 0.07 s per token); with passive waits a question took 2-3 s.
+        # spin while waiting were seen to make SmolLM2's token-by-token decoding far slower when
+        # another process shared the 2 cores (an observation, not a benchmark kept in the repo).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args) or 0)
