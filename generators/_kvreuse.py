@@ -81,6 +81,12 @@ def check_supported(model: Any) -> None:
     if any(t != "full_attention" for t in types):
         raise ConfigError(f"kv_reuse: {name} has non-full attention layers ({sorted(set(types))}); "
                           "passage-KV reuse needs full attention in every layer. Use kv_reuse: none.")
+    odd = [a for a in ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale", "embedding_multiplier")
+           if getattr(cfg, a, None) not in (None, 1, 1.0)]
+    if odd or str(getattr(cfg, "model_type", "")).startswith("gemma"):
+        raise ConfigError(f"kv_reuse: {name} scales embeddings or logits ({', '.join(odd) or 'Gemma family'}); "
+                          "the reuse path runs the decoder layers itself and supports the Llama, Qwen2 and "
+                          "Mistral families only. Use kv_reuse: none.")
     if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
         raise ConfigError(f"kv_reuse: {name} uses sliding-window attention; not supported. Use kv_reuse: none.")
 
@@ -202,10 +208,12 @@ def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int
 
 
 _GQA_ATTENTION = "ragkit_sdpa"
-ROW_CHUNKS, ROW_CHUNK_MIN = 16, 32      # blend recompute pass: at most this many row chunks of at least this many rows
-# (row start, row end, key end) for the query rows of the blend recompute pass; see _recompute_and_final
-_ACTIVE_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]]] | None] = contextvars.ContextVar(
-    "ragkit_row_chunks", default=None)
+ROW_CHUNKS, ROW_CHUNK_MIN = 8, 32       # blend recompute pass: at most this many row chunks of at least this many rows
+# (row start, row end, key end) for the query rows of the blend recompute pass, the number of query heads
+# per KV head, and each chunk's mask with its rows repeated once per query head of a group (rows folded
+# per KV head); see _recompute_and_final
+_ACTIVE_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]], int, list[Any]] | None] = (
+    contextvars.ContextVar("ragkit_row_chunks", default=None))
 
 
 def use_gqa_sdpa(model: Any) -> None:
@@ -235,13 +243,16 @@ def use_gqa_sdpa(model: Any) -> None:
         transformers_own = (attention_mask is None or query.device.type != "cpu"
                             or kw.get("position_bias") is not None or kw.get("softcap") is not None)
         chunks = _ACTIVE_ROW_CHUNKS.get()
-        if not transformers_own and chunks is not None and query.shape[2] == chunks[0]:
-            out = query.new_empty(query.shape)
-            for a, b, ke in chunks[1]:
-                out[:, :, a:b] = torch.nn.functional.scaled_dot_product_attention(
-                    query[:, :, a:b], key[:, :, :ke], value[:, :, :ke], attn_mask=attention_mask[..., a:b, :ke],
-                    dropout_p=dropout, scale=scaling, enable_gqa=groups > 1)
-            return out.transpose(1, 2).contiguous(), None
+        if not transformers_own and chunks is not None and query.shape[2] == chunks[0] and groups == chunks[2]:
+            # the query heads that share a KV head are folded into rows: [1, H_kv, groups * rows, D]
+            B, Hq, m, D = query.shape
+            out = query.new_empty(B, m, Hq, D)
+            for (a, b, ke), fmask in zip(chunks[1], chunks[3]):
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, :, a:b].reshape(B, Hq // groups, groups * (b - a), D), key[:, :, :ke], value[:, :, :ke],
+                    attn_mask=fmask, dropout_p=dropout, scale=scaling)
+                out[:, a:b] = o.view(B, Hq, b - a, D).transpose(1, 2)
+            return out, None
         if transformers_own or groups == 1 or query.shape[2] == 1:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, is_causal=is_causal, **kw)
@@ -276,6 +287,7 @@ class PrefillResult:
     cache: Any                  # DynamicCache of the whole prompt
     length: int                 # prompt length in tokens
     stats: dict = field(default_factory=dict)
+    recomputed: list = field(default_factory=list)   # positions (< the final block) recomputed
 
 
 class KVReuseEngine:
@@ -414,34 +426,88 @@ class KVReuseEngine:
                 rotate_keys_into(Kall[:, 0, :, off:off + n], e.keys, off - e.start, self.inv_freq)
                 Vall[:, 0, :, off:off + n] = e.values
         kbuf, vbuf = list(Kall), list(Vall)     # per-layer [1, H, cap, D] views
-        K = [b[:, :, :N] for b in kbuf]     # [1, H, N, D] views
-        V = [b[:, :, :N] for b in vbuf]
         stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
                                  "assemble_s": time.perf_counter() - t0}
         sel: list[int] = []
-        if recompute_ratio > 0 and passage_pos:
-            t1 = time.perf_counter()
-            n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
-            if n_sel >= len(passage_pos):
-                sel = list(passage_pos) + glue_pos
-            else:
-                cand = passage_pos + glue_pos
-                dev = self._deviation(ids, K, V, cand, select_layers)
-                top = torch.topk(dev, n_sel).indices.tolist()
-                sel = sorted(cand[i] for i in top)
-            stats["select_s"] = time.perf_counter() - t1
-        R = sorted(set(recompute) | set(sel))
-        stats["recomputed_tokens"] = len(R)
-        stats["recomputed_passage_tokens"] = len(sel)
+        fin = list(final)
         cache = _buffer_cache(self.model, kbuf, vbuf, N)
-        t2 = time.perf_counter()
+        start: tuple[int, Any] | None = None       # (layer, hidden states of every position entering it)
         with torch.no_grad():
-            logits = self._recompute_and_final(cache, ids, R, N, list(final))
+            if recompute_ratio > 0 and passage_pos:
+                t1 = time.perf_counter()
+                n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
+                if n_sel >= len(passage_pos):
+                    sel = list(passage_pos) + glue_pos
+                else:
+                    cand = passage_pos + glue_pos
+                    dev, start = self._select_pass(cache, ids + fin, cand, select_layers)
+                    top = torch.topk(dev, n_sel).indices.tolist()
+                    sel = sorted(cand[i] for i in top)
+                stats["select_s"] = time.perf_counter() - t1
+            R = sorted(set(recompute) | set(sel))
+            stats["recomputed_tokens"] = len(R)
+            stats["recomputed_passage_tokens"] = len(sel)
+            t2 = time.perf_counter()
+            logits = self._recompute_and_final(cache, ids, R, N, fin, start)
         stats["forward_s"] = time.perf_counter() - t2
-        return PrefillResult(logits, cache, N + len(final), stats)
+        return PrefillResult(logits, cache, N + len(fin), stats, R)
 
-    def _recompute_and_final(self, cache: Any, ids: list[int], R: list[int], N: int, final: list[int]) -> Any:
-        """One forward pass over the recomputed positions R (< N) and the final block (N..N+F-1).
+    def _kv_of(self, layer: Any, h: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
+        """Key (after RoPE) and value states ``[1, H_kv, n, D]`` that ``layer`` computes from its input ``h``."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        shape = (*h.shape[:-1], -1, attn.head_dim)
+        k = attn.k_proj(x).view(shape)
+        if getattr(attn, "k_norm", None) is not None:     # Qwen3-style per-head key norm, before RoPE
+            k = attn.k_norm(k)
+        k = k.transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        _, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(k, k, cos, sin)
+        return k, v
+
+    def _select_pass(self, cache: Any, ids: list[int], cand: list[int], select_layers: int) -> tuple[Any, Any]:
+        """CacheBlend's selection: the first ``li = select_layers`` layers run with full causal attention
+        over the whole prompt (assembled positions and the final block), and layer ``li``'s key/value
+        states of every position are computed from their output. Returns the squared L2 deviation,
+        per candidate position, between those and the reused states (over heads, K and V), and
+        ``(li, hidden states entering layer li)`` for the recompute pass to start from.
+
+        The fresh states of layers 0..li are exact for every position, so they replace the reused
+        ones in the cache: after this pass the first li + 1 layers hold exactly the full-attention KV.
+        """
+        torch = require("torch")
+        from transformers.masking_utils import create_causal_mask
+
+        layers = self.base.layers
+        li = max(1, min(select_layers, len(layers) - 1))
+        T = len(ids)
+        pos = torch.arange(T, device=self.device)
+        h = self.base.embed_tokens(torch.tensor([ids], device=self.device))
+        pe = self.base.rotary_emb(h, pos.unsqueeze(0))
+        mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
+                                  past_key_values=None, position_ids=pos.unsqueeze(0))
+        for lay in cache.layers[:li]:
+            lay.scatter_at, lay.scatter_len = pos, T
+        try:   # plain causal attention over the T fresh positions (written over the reused ones)
+            for layer in layers[:li]:
+                h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(0), past_key_values=cache,
+                          use_cache=True, position_embeddings=pe)
+                h = h[0] if isinstance(h, tuple) else h
+        finally:
+            for lay in cache.layers[:li]:
+                lay.scatter_at = None
+        k, v = self._kv_of(layers[li], h, *pe)
+        gl = cache.layers[li]
+        p = torch.tensor(cand, device=self.device)
+        dev = ((k[0][:, p] - gl.kbuf[0][:, p]).float().pow(2).sum(dim=(0, 2))
+               + (v[0][:, p] - gl.vbuf[0][:, p]).float().pow(2).sum(dim=(0, 2)))
+        gl.kbuf[:, :, :T] = k
+        gl.vbuf[:, :, :T] = v
+        return dev, (li, h)
+
+    def _recompute_and_final(self, cache: Any, ids: list[int], R: list[int], N: int, final: list[int],
+                             start: tuple[int, Any] | None = None) -> Any:
+        """One pass over the recomputed positions R (< N) and the final block (N..N+F-1).
 
         The cache holds the assembled KV of positions 0..N-1 (stale or zero at R) in per-layer
         buffers with room for the final block. In every layer the fresh KV of the forwarded tokens is
@@ -450,6 +516,10 @@ class KVReuseEngine:
         fresh KV of earlier forwarded tokens and the reused KV of the rest. Afterwards the cache is
         exactly the prompt's, ready for decoding. On CPU the query rows (sorted by position) are cut
         into chunks that each attend only to the key prefix they can see.
+
+        ``start = (li, h)`` (from :meth:`_select_pass`): layers < li are already exact for every
+        position, so the pass starts at layer li from the rows of ``h``. In the last layer the R rows
+        only need their key/value states (nothing reads their output), so only the final block runs it.
         """
         torch = require("torch")
         if not R:   # only the final block: the model's own causal mask over the cache is exact
@@ -459,57 +529,41 @@ class KVReuseEngine:
             return out.logits[:, -1, :]
         positions = R + list(range(N, N + len(final)))       # ascending: R is sorted and < N
         pos = torch.tensor(positions, device=self.device)
-        m, T = len(pos), N + len(final)
+        m, T, F = len(pos), N + len(final), len(final)
         allowed = torch.arange(T, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
         mask = torch.zeros(1, 1, m, T, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
         chunks = [(a, min(a + rows, m), positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
-        inp = torch.tensor([[ids[p] for p in R] + final], device=self.device)
+        cfg = self.model.config
+        groups = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        fmasks = [mask[..., a:b, :ke].repeat(1, 1, groups, 1) for a, b, ke in chunks]   # rows folded per KV head
+        layers = self.base.layers
+        if start is None:
+            first, h = 0, self.base.embed_tokens(torch.tensor([[ids[p] for p in R] + final], device=self.device))
+        else:
+            first, h = start[0], start[1][:, pos]
+        cos, sin = self.base.rotary_emb(h, pos.unsqueeze(0))
         for lay in cache.layers:
             lay.scatter_at, lay.scatter_len = pos, T
-        token = _ACTIVE_ROW_CHUNKS.set((m, chunks))
+        token = _ACTIVE_ROW_CHUNKS.set((m, chunks, groups, fmasks))
         try:
-            out = self.model(input_ids=inp, position_ids=pos.unsqueeze(0), attention_mask=mask,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            for i in range(first, len(layers)):
+                if i == len(layers) - 1 and F and i > first:   # last layer: K/V of R, then the final rows only
+                    k, v = self._kv_of(layers[i], h[:, :m - F], cos[:, :m - F], sin[:, :m - F])
+                    cache.layers[i].kbuf[:, :, :T].index_copy_(2, pos[:m - F], k)
+                    cache.layers[i].vbuf[:, :, :T].index_copy_(2, pos[:m - F], v)
+                    pos = cache.layers[i].scatter_at = pos[m - F:]
+                    h, cos, sin, mask = h[:, m - F:], cos[:, m - F:], sin[:, m - F:], mask[:, :, m - F:]
+                h = layers[i](h, attention_mask=mask, position_ids=pos.unsqueeze(0), past_key_values=cache,
+                              use_cache=True, position_embeddings=(cos, sin))
+                h = h[0] if isinstance(h, tuple) else h
         finally:
             _ACTIVE_ROW_CHUNKS.reset(token)
             for lay in cache.layers:
                 lay.scatter_at = None
-        return out.logits[:, -1, :]
-
-    def _deviation(self, ids: list[int], K: list[Any], V: list[Any], passage_pos: list[int],
-                   select_layers: int) -> Any:
-        """Squared L2 deviation, per passage token, between reused KV and full-attention KV of layer
-        ``select_layers`` (the first ``select_layers`` layers run with full causal attention)."""
-        torch = require("torch")
-        from transformers.masking_utils import create_causal_mask
-
-        n_layers = len(self.base.layers)
-        li = max(1, min(select_layers, n_layers - 1))
-        x = torch.tensor([ids], device=self.device)
-        pos = torch.arange(len(ids), device=self.device).unsqueeze(0)
-        h = self.base.embed_tokens(x)
-        pe = self.base.rotary_emb(h, pos)
-        mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
-                                  past_key_values=None, position_ids=pos)
-        for layer in self.base.layers[:li]:
-            h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
-            if isinstance(h, tuple):
-                h = h[0]
-        lay = self.base.layers[li]
-        attn = lay.self_attn
-        xs = lay.input_layernorm(h)
-        shape = (1, len(ids), -1, attn.head_dim)
-        k = attn.k_proj(xs).view(shape).transpose(1, 2)
-        v = attn.v_proj(xs).view(shape).transpose(1, 2)
-        mod = sys.modules[type(attn).__module__]
-        cos, sin = pe
-        _, k = mod.apply_rotary_pos_emb(k, k, cos, sin)
-        p = torch.tensor(passage_pos, device=self.device)
-        dk = (k[0][:, p] - K[li][0][:, p]).float().pow(2).sum(dim=(0, 2))
-        dv = (v[0][:, p] - V[li][0][:, p]).float().pow(2).sum(dim=(0, 2))
-        return dk + dv
+                lay.keys, lay.values = lay.kbuf[:, :, :T], lay.vbuf[:, :, :T]
+        return self.model.lm_head(self.base.norm(h[:, -1:]))[:, -1, :]
 
     def full_prefill(self, ids: Sequence[int]) -> PrefillResult:
         """Reference: one ordinary forward pass over the whole prompt."""

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
-from ragkit.generators._kvreuse import (KVReuseEngine, _cache_kv, check_supported, rotate_keys,  # noqa: E402
+from ragkit.generators._kvreuse import (KVReuseEngine, _buffer_cache, _cache_kv, check_supported, rotate_keys,  # noqa: E402
                                        rotate_keys_into)
 from ragkit.indexers._kvstore import KVStore, PassageKV  # noqa: E402
 
@@ -228,8 +228,47 @@ def test_blend_selects_the_most_deviating_tokens(tiny):
         K.append(torch.cat([pk[layer], entries[0].keys[layer][None],
                             rotate_keys(entries[1].keys[layer], 12, eng.inv_freq)[None]], dim=2))
         V.append(torch.cat([pv[layer], entries[0].values[layer][None], entries[1].values[layer][None]], dim=2))
-    dev = eng._deviation(ids, K, V, list(range(4, 28)), 1)
+    cache = _buffer_cache(tiny, [k.clone() for k in K], [v.clone() for v in V], len(ids))
+    with torch.no_grad():
+        dev, (li, h) = eng._select_pass(cache, ids, list(range(4, 28)), 1)
+    assert li == 1 and h.shape == (1, 28, 64)
     assert dev[:12].max().item() < 1e-8 and dev[12:].min().item() > 0
+    # and the selection pass leaves layers 0 and 1 holding the full-attention KV of every position
+    full = _cache_kv(eng.full_prefill(ids).cache)
+    for layer in (0, 1):
+        assert torch.allclose(cache.layers[layer].keys, full[0][layer], atol=ATOL, rtol=0)
+        assert torch.allclose(cache.layers[layer].values, full[1][layer], atol=ATOL, rtol=0)
+    assert not torch.allclose(cache.layers[2].values[:, :, 16:], full[1][2][:, :, 16:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("li", [1, 2])
+def test_blend_recompute_starts_after_the_selection_layers(tiny, li):
+    """Blend's recompute pass starts at layer li from the selection pass's hidden states and runs
+    the last layer for the final block only: the same logits and cache as a pass from layer 0 over
+    a cache whose layers 0..li hold the full-attention KV and whose other layers hold the reused KV."""
+    prefix = rand_ids(5, 60)
+    ps = [rand_ids(n, 61 + n) for n in (20, 14, 25)]
+    glues = [[], [], []]
+    fin = rand_ids(4, 69)
+    eng = KVReuseEngine(tiny, None, prefix)
+    entries = eng.encode_blocks(ps)
+    ids = prefix + ps[0] + ps[1] + ps[2]
+    N = len(ids)
+    got = eng.prefill(glues, entries, fin, recompute_ratio=0.3, select_layers=li)
+    assert len(got.recomputed) == math.ceil(0.3 * 59)
+    full = _cache_kv(eng.full_prefill(ids).cache)
+    plain = _cache_kv(eng.prefill(glues, entries, fin).cache)
+    kb, vb = [], []
+    for layer in range(3):
+        src = full if layer <= li else plain
+        kb.append(torch.cat([src[0][layer][:, :, :N], torch.zeros(1, 2, len(fin), 16)], dim=2))
+        vb.append(torch.cat([src[1][layer][:, :, :N], torch.zeros(1, 2, len(fin), 16)], dim=2))
+    cache = _buffer_cache(tiny, kb, vb, N)
+    with torch.no_grad():
+        logits = eng._recompute_and_final(cache, ids, got.recomputed, N, fin)
+    assert torch.allclose(got.logits, logits, atol=ATOL, rtol=0)
+    for a, b in zip(_cache_kv(got.cache)[0] + _cache_kv(got.cache)[1], _cache_kv(cache)[0] + _cache_kv(cache)[1]):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=ATOL, rtol=0)
 
 
 def test_refuses_models_it_cannot_serve(tmp_path):
