@@ -33,6 +33,7 @@ import contextvars
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -304,6 +305,7 @@ class KVReuseEngine:
         self.dtype = next(model.parameters()).dtype
         self.prefix = list(prefix)
         self._prefix_kv: tuple[list[Any], list[Any]] | None = None
+        self._spare: tuple[Any, Any, Any] | None = None   # (K buffer, V buffer, weakref to the cache using them)
 
     # -- prefix and blocks ---------------------------------------------------------------------------
     def prefix_kv(self) -> tuple[list[Any], list[Any]]:
@@ -413,8 +415,7 @@ class KVReuseEngine:
         # one buffer per layer with room for the final block and the decoded tokens; every position
         # < N is written below (uncached glue with zeros: it is masked, but must not hold NaN garbage)
         cap = N + len(final) + max(0, reserve)
-        Kall = torch.empty(L, 1, H, cap, D, device=self.device, dtype=self.dtype)
-        Vall = torch.empty(L, 1, H, cap, D, device=self.device, dtype=self.dtype)
+        Kall, Vall = self._buffers((L, 1, H, cap, D))
         for layer in range(L):
             Kall[layer, 0, :, :P] = pk[layer][0]
             Vall[layer, 0, :, :P] = pv[layer][0]
@@ -431,6 +432,7 @@ class KVReuseEngine:
         sel: list[int] = []
         fin = list(final)
         cache = _buffer_cache(self.model, kbuf, vbuf, N)
+        self._spare = (self._spare[0], self._spare[1], weakref.ref(cache)) if self._spare else None
         start: tuple[int, Any] | None = None       # (layer, hidden states of every position entering it)
         with torch.no_grad():
             if recompute_ratio > 0 and passage_pos:
@@ -451,6 +453,26 @@ class KVReuseEngine:
             logits = self._recompute_and_final(cache, ids, R, N, fin, start)
         stats["forward_s"] = time.perf_counter() - t2
         return PrefillResult(logits, cache, N + len(fin), stats, R)
+
+    def _buffers(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """Key and value buffers of ``shape`` for one prompt's cache.
+
+        The previous prompt's buffers are handed out again (as views) once the cache built on them
+        has been garbage-collected and they are large enough: fresh memory of this size is paged in
+        on first touch, which costs tens of milliseconds per prompt of a few thousand tokens.
+        """
+        torch = require("torch")
+        sp = self._spare
+        if sp is not None and sp[2] is not None and sp[2]() is None and sp[0].shape[:3] == shape[:3] \
+                and shape[3] <= sp[0].shape[3] <= 2 * shape[3] + 256 and sp[0].shape[4] == shape[4]:
+            K, V = sp[0], sp[1]
+        else:
+            self._spare = None          # drop the old ones before allocating
+            big = (*shape[:3], shape[3] + shape[3] // 4, shape[4])   # room for the next, slightly longer prompt
+            K = torch.empty(big, device=self.device, dtype=self.dtype)
+            V = torch.empty(big, device=self.device, dtype=self.dtype)
+        self._spare = (K, V, None)
+        return K[:, :, :, :shape[3]], V[:, :, :, :shape[3]]
 
     def _kv_of(self, layer: Any, h: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         """Key (after RoPE) and value states ``[1, H_kv, n, D]`` that ``layer`` computes from its input ``h``."""

@@ -443,3 +443,23 @@ def test_3c_cached_glue_blocks_equal_block_mask_forward(tiny):
     full = eng.full_prefill(ids)
     assert torch.allclose(eng.prefill(eng.encode_blocks(glues), eng.encode_blocks(ps), fin,
                                       recompute_ratio=1.0).logits, full.logits, atol=ATOL, rtol=0)
+
+
+def test_prompt_buffers_are_reused_only_after_their_cache_is_gone(tiny):
+    import gc
+
+    prefix = rand_ids(4, 120)
+    ps = [rand_ids(10, 121), rand_ids(12, 122)]
+    fin = rand_ids(3, 123)
+    eng = KVReuseEngine(tiny, None, prefix)
+    entries = eng.encode_blocks(ps)
+    ptr = lambda r: r.cache.layers[0].kbuf.untyped_storage().data_ptr()  # noqa: E731
+    a = eng.prefill([[], []], entries, fin, recompute_ratio=0.3)
+    b = eng.prefill([[], []], entries, fin, recompute_ratio=0.3)
+    assert ptr(a) != ptr(b)                       # a's cache is alive: its memory is not handed out again
+    first, ref = ptr(b), b.logits.clone()
+    logits_a = a.logits.clone()
+    del a, b
+    gc.collect()
+    c = eng.prefill([[], []], entries, fin, recompute_ratio=0.3)
+    assert ptr(c) == first and torch.equal(c.logits, ref) and torch.equal(c.logits, logits_a)
