@@ -210,10 +210,10 @@ def _buffer_cache(model: Any, kbufs: Sequence[Any], vbufs: Sequence[Any], n: int
 
 _GQA_ATTENTION = "ragkit_sdpa"
 ROW_CHUNKS, ROW_CHUNK_MIN = 8, 32       # blend recompute pass: at most this many row chunks of at least this many rows
-# (row start, row end, key end) for the query rows of the blend recompute pass, the number of query heads
-# per KV head, and each chunk's mask with its rows repeated once per query head of a group (rows folded
-# per KV head); see _recompute_and_final
-_ACTIVE_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int]], int, list[Any]] | None] = (
+# blend recompute pass: the number of query rows; (row start, row end, keys every row sees, key end) per
+# chunk of rows; the number of query heads per KV head; each chunk's mask over keys [seen, end) with its
+# rows repeated once per query head of a group (rows folded per KV head). See _recompute_and_final
+_ACTIVE_ROW_CHUNKS: contextvars.ContextVar[tuple[int, list[tuple[int, int, int, int]], int, list[Any]] | None] = (
     contextvars.ContextVar("ragkit_row_chunks", default=None))
 
 
@@ -238,6 +238,8 @@ def use_gqa_sdpa(model: Any) -> None:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)  # returns (out, lse)
+
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, is_causal: bool | None = None, **kw: Any) -> tuple[Any, None]:
         groups = getattr(module, "num_key_value_groups", 1)
@@ -248,10 +250,20 @@ def use_gqa_sdpa(model: Any) -> None:
             # the query heads that share a KV head are folded into rows: [1, H_kv, groups * rows, D]
             B, Hq, m, D = query.shape
             out = query.new_empty(B, m, Hq, D)
-            for (a, b, ke), fmask in zip(chunks[1], chunks[3]):
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    query[:, :, a:b].reshape(B, Hq // groups, groups * (b - a), D), key[:, :, :ke], value[:, :, :ke],
-                    attn_mask=fmask, dropout_p=dropout, scale=scaling)
+            for (a, b, s, ke), fmask in zip(chunks[1], chunks[3]):
+                qf = query[:, :, a:b].reshape(B, Hq // groups, groups * (b - a), D)
+                if flash is not None and dropout == 0:
+                    # keys < s are visible to every row of the chunk: no mask there; the rest under the
+                    # chunk's mask; the two parts merged by their log-sum-exp (exact)
+                    o, l1 = flash(qf, key[:, :, :s], value[:, :, :s], scale=scaling)
+                    if ke > s:
+                        o2, l2 = flash(qf, key[:, :, s:ke], value[:, :, s:ke], attn_mask=fmask, scale=scaling)
+                        w2 = torch.sigmoid(l2 - l1).unsqueeze(-1)           # share of the masked part
+                        o = torch.lerp(o.float(), o2.float(), w2)
+                else:
+                    o = torch.nn.functional.scaled_dot_product_attention(
+                        qf, key[:, :, :ke], value[:, :, :ke], attn_mask=torch.nn.functional.pad(fmask, (s, 0)),
+                        dropout_p=dropout, scale=scaling)
                 out[:, a:b] = o.view(B, Hq, b - a, D).transpose(1, 2)
             return out, None
         if transformers_own or groups == 1 or query.shape[2] == 1:
@@ -556,10 +568,11 @@ class KVReuseEngine:
         mask = torch.zeros(1, 1, m, T, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
-        chunks = [(a, min(a + rows, m), positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
+        chunks = [(a, min(a + rows, m), positions[a] + 1, positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
         cfg = self.model.config
         groups = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-        fmasks = [mask[..., a:b, :ke].repeat(1, 1, groups, 1) for a, b, ke in chunks]   # rows folded per KV head
+        # the part of each chunk's mask past the keys all its rows see, rows repeated per query head of a group
+        fmasks = [mask[..., a:b, s:ke].repeat(1, 1, groups, 1) for a, b, s, ke in chunks]
         layers = self.base.layers
         if start is None:
             first, h = 0, self.base.embed_tokens(torch.tensor([[ids[p] for p in R] + final], device=self.device))
