@@ -13,6 +13,7 @@ Assembly of one prompt (segments from :mod:`._prompt`) at query time:
    measured on layer ``select_layers`` (the first layer whose KV depends on context): the first
    ``select_layers`` layers are run with full causal attention over the whole sequence and the
    resulting KV of that layer is compared with the reused KV (squared L2 over heads, K and V);
+   that pass leaves the exact KV of layers 0..select_layers in the cache for every position;
 4. the final block (question + instructions + generation prompt) is prefilled with full
    attention over everything, and decoding continues normally.
 
@@ -20,7 +21,8 @@ Steps 3 and 4 run as one forward pass of the R tokens and the final block at the
 over a cache that holds the assembled KV of all earlier positions; in every layer the fresh KV is
 written over the stale entries (and after them for the final block) before attention, and a 4-D
 mask lets each forwarded token see the positions up to its own, so it attends to the fresh KV of
-earlier forwarded tokens and to the reused KV of the rest.
+earlier forwarded tokens and to the reused KV of the rest. After a selection pass it starts at
+layer ``select_layers``; in the last layer the recomputed tokens only get their K/V.
 
 Only decoder-only RoPE models whose attention applies ``rotate_half`` rotary embeddings to the full
 head dimension with a static frequency table, with standard transformers caches and without
@@ -471,12 +473,14 @@ class KVReuseEngine:
 
         The previous prompt's buffers are handed out again (as views) once the cache built on them
         has been garbage-collected and they are large enough: fresh memory of this size is paged in
-        on first touch, which costs tens of milliseconds per prompt of a few thousand tokens.
+        on first touch, which costs tens of milliseconds per prompt of a few thousand tokens. So an
+        engine holds on to buffers for its longest prompt so far (46 KB per token for SmolLM2 in
+        float32, 0.4 GB at 8k tokens).
         """
         torch = require("torch")
         sp = self._spare
         if sp is not None and sp[2] is not None and sp[2]() is None and sp[0].shape[:3] == shape[:3] \
-                and shape[3] <= sp[0].shape[3] <= 2 * shape[3] + 256 and sp[0].shape[4] == shape[4]:
+                and shape[3] <= sp[0].shape[3] and sp[0].shape[4] == shape[4]:
             K, V = sp[0], sp[1]
         else:
             self._spare = None          # drop the old ones before allocating
