@@ -6,8 +6,10 @@ Three prefill modes of ``generator.hf`` in the same process, interleaved per rep
   python benchmarks/bench_kv.py ttft    --repeats 3 --sizes 5,10,20,40     # TTFT at ~1k/2k/4k/8k tokens
   python benchmarks/bench_kv.py quality --passages 10 --questions 40       # NQ-open lost-in-the-middle
                                       [--extra-ratios 0.5]               #   + more blend ratios
+                                      [--extra-select-layers 4]          #   + blend selecting on layer 4
   python benchmarks/bench_kv.py store                                      # bytes, load vs recompute
   python benchmarks/bench_kv.py report                                     # kv.md + kv_ttft.png
+                                         (hand-written notes in kv.md between <!-- keep:NAME --> lines stay)
 
 Results go to benchmarks/results/kv_*.json; ``report`` renders them. Passages come from
 ../shared/data/lost_in_the_middle (NQ-open gold Wikipedia passages).
@@ -20,6 +22,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -121,7 +124,11 @@ def quality(args) -> None:
     k = args.passages
     positions = [0, k // 2, k - 1]
     store = tempfile.mkdtemp(prefix="bench-kvq-")
-    modes = {**MODES, **{f"blend r={r:g}": {"kv_reuse": "blend", "recompute_ratio": r} for r in args.extra_ratios}}
+    modes = {**MODES, **{f"blend r={r:g}": {"kv_reuse": "blend", "recompute_ratio": r} for r in args.extra_ratios},
+             **{f"blend r=0.15 layer {n}": {"kv_reuse": "blend", "recompute_ratio": 0.15, "select_layers": n}
+                for n in args.extra_select_layers}}
+    if args.gold_positions:
+        positions = [p for p in positions if p in args.gold_positions] or positions
     gens = generators(store, args.max_new_tokens, k, 0, modes=modes, stop=["\n"])
     for g in gens.values():   # no disk writes: the memory LRU holds the ~questions distinct passages
         eng = g.__dict__.get("_engine")
@@ -203,13 +210,25 @@ def store(args) -> None:
 
 
 # -- report --------------------------------------------------------------------------------------------
+KEEP = re.compile(r"<!-- keep:(\w+) -->\n(.*?)<!-- /keep -->\n", re.S)
+
+
+def kept_notes(path: Path) -> dict[str, str]:
+    """Hand-written notes in kv.md, between ``<!-- keep:NAME -->`` and ``<!-- /keep -->`` lines: ``report``
+    puts each back at its place (NAME: intro, ttft, quality10, quality20, store)."""
+    return dict(KEEP.findall(path.read_text())) if path.exists() else {}
+
+
 def report(args) -> None:
+    notes = kept_notes(RES / "kv.md")
+
+    def keep(name: str) -> list[str]:
+        return [f"<!-- keep:{name} -->", notes[name].rstrip("\n"), "<!-- /keep -->", ""] if name in notes else []
+
     lines = ["# Passage-KV reuse: measured results", "",
              "Produced by `benchmarks/bench_kv.py` (see its docstring for the commands). SmolLM2-135M-Instruct "
-             "(float32, SDPA, one torch thread) on this machine's 2-core CPU; no GPU was available in this session, so there are no GPU "
-             "figures. The CPU was shared with other jobs while measuring (load averages recorded below), so "
-             "absolute seconds are noisy; the three modes were measured interleaved in the same process, and "
-             "ratios are the figures to read.", ""]
+             "(float32, SDPA, one torch thread) on this machine's 2-core CPU. The three modes were measured "
+             "interleaved in the same process; ratios are the figures to read.", "", *keep("intro")]
     f = RES / "kv_ttft.json"
     if f.exists():
         d = json.loads(f.read_text())
@@ -236,16 +255,8 @@ def report(args) -> None:
                        for k in ("kv_load_s", "assemble_s", "select_s", "forward_s")}
                 lines.append(f"| {n} | {run.get('blend_recomputed', '')} | {med['kv_load_s']:.3f} | "
                              f"{med['assemble_s']:.3f} | {med['select_s']:.3f} | {med['forward_s']:.3f} |")
-        old = RES / "kv_ttft_run1.json"
-        if old.exists():
-            o = json.loads(old.read_text())["runs"]
-            lines += ["", "An earlier run of the same script (before the assembly wrote into preallocated tensors; "
-                      "`kv_ttft_run1.json`) gave plain / blend speed-ups of " + ", ".join(
-                          f"{statistics.median(r['none']) / statistics.median(r['plain']):.1f}x / "
-                          f"{statistics.median(r['none']) / statistics.median(r['blend']):.1f}x at {r['prompt_tokens']}"
-                          for r in o.values()) + " tokens: run-to-run spread on this shared machine is of that order."]
-        lines += ["", "Targets (issue 5): at ~4k tokens, plain reuse >= 25x and r = 15% >= 5x faster than full "
-                  "prefill.", ""]
+        lines += ["", *keep("ttft"), "Targets (issue 5): at ~4k tokens, plain reuse >= 25x and r = 15% >= 5x "
+                  "faster than full prefill.", ""]
         try:
             import matplotlib
 
@@ -290,7 +301,7 @@ def report(args) -> None:
                       f"{100 / d['questions']:.1f} points, so differences of a few points are within noise.",
                       "", "By gold position: " + "; ".join(
                           f"pos {p}: " + ", ".join(f"{m} {100 * v:.0f}" for m, v in s.items())
-                          for p, s in d["em_in_by_gold_position"].items()), ""]
+                          for p, s in d["em_in_by_gold_position"].items()), "", *keep(f"quality{k}")]
     f = RES / "kv_store.json"
     if f.exists():
         d = json.loads(f.read_text())
@@ -304,7 +315,8 @@ def report(args) -> None:
             x = d[dt]
             lines.append(f"| {dt} | {x['bytes_per_token_per_layer']:.0f} | {x['bytes_per_1000_passages'] / 1e9:.2f} GB | "
                          f"{1000 * x['load_s_per_passage']:.2f} ms | {d['recompute_s_per_passage'] / x['load_s_per_passage']:.0f}x |")
-        lines += ["", "Load times are from the OS page cache right after writing (a cold disk is slower).", ""]
+        lines += ["", "Load times are from the OS page cache right after writing (a cold disk is slower).", "",
+                  *keep("store")]
     (RES / "kv.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -324,6 +336,10 @@ def main(argv=None) -> None:
     q.add_argument("--max-new-tokens", type=int, default=24)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--budget-s", type=float, default=0, help="stop after this many seconds (0 = no limit)")
+    q.add_argument("--extra-select-layers", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                   help="also blend r=0.15 selecting on these layers (default mode: layer 1)")
+    q.add_argument("--gold-positions", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                   help="only these of the gold positions (first, middle, last)")
     q.add_argument("--extra-ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="more blend recompute ratios to measure alongside, e.g. 0.3,0.5")
     q.add_argument("--out", default="")
