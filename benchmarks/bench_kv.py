@@ -125,10 +125,8 @@ def quality(args) -> None:
     positions = [0, k // 2, k - 1]
     store = tempfile.mkdtemp(prefix="bench-kvq-")
     modes = {**MODES, **{f"blend r={r:g}": {"kv_reuse": "blend", "recompute_ratio": r} for r in args.extra_ratios},
-             **{f"blend r=0.15 layer {n}": {"kv_reuse": "blend", "recompute_ratio": 0.15, "select_layers": n}
+             **{f"blend r={MODES['blend']['recompute_ratio']:g} layer {n}": {**MODES["blend"], "select_layers": n}
                 for n in args.extra_select_layers}}
-    if args.gold_positions:
-        positions = [p for p in positions if p in args.gold_positions] or positions
     gens = generators(store, args.max_new_tokens, k, 0, modes=modes, stop=["\n"])
     for g in gens.values():   # no disk writes: the memory LRU holds the ~questions distinct passages
         eng = g.__dict__.get("_engine")
@@ -338,8 +336,6 @@ def main(argv=None) -> None:
     q.add_argument("--budget-s", type=float, default=0, help="stop after this many seconds (0 = no limit)")
     q.add_argument("--extra-select-layers", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
                    help="also blend r=0.15 selecting on these layers (default mode: layer 1)")
-    q.add_argument("--gold-positions", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
-                   help="only these of the gold positions (first, middle, last)")
     q.add_argument("--extra-ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="more blend recompute ratios to measure alongside, e.g. 0.3,0.5")
     q.add_argument("--out", default="")

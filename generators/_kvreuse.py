@@ -84,7 +84,8 @@ def check_supported(model: Any) -> None:
     if any(t != "full_attention" for t in types):
         raise ConfigError(f"kv_reuse: {name} has non-full attention layers ({sorted(set(types))}); "
                           "passage-KV reuse needs full attention in every layer. Use kv_reuse: none.")
-    odd = [a for a in ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale", "embedding_multiplier")
+    odd = [a for a in ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale", "logits_scaling",
+                       "embedding_multiplier", "scale_emb")
            if getattr(cfg, a, None) not in (None, 1, 1.0)]
     if odd or str(getattr(cfg, "model_type", "")).startswith("gemma"):
         raise ConfigError(f"kv_reuse: {name} scales embeddings or logits ({', '.join(odd) or 'Gemma family'}); "
@@ -573,11 +574,10 @@ class KVReuseEngine:
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
         chunks = [(a, min(a + rows, m), positions[a] + 1, positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
-        cfg = self.model.config
-        groups = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        layers = self.base.layers
+        groups = getattr(layers[0].self_attn, "num_key_value_groups", 1)
         # the part of each chunk's mask past the keys all its rows see, rows repeated per query head of a group
         fmasks = [mask[..., a:b, s:ke].repeat(1, 1, groups, 1) for a, b, s, ke in chunks]
-        layers = self.base.layers
         if start is None:
             first, h = 0, self.base.embed_tokens(torch.tensor([[ids[p] for p in R] + final], device=self.device))
         else:
