@@ -13,6 +13,23 @@ cut carries ``meta["truncated"] = True``.
 
 Ties: :class:`ragkit.records.Ranking` orders hits by (score desc, doc_id asc, chunk_id asc), so
 equal scores are broken by id, the same way on every run.
+
+Reproducible scores (batch neighbours, CPUs): a float32 forward pass is not batch-invariant. The
+matrix kernels (oneDNN/MKL on x86-64, cuBLAS on GPU) pick different blockings and reduction orders
+for different batch shapes, row positions and instruction sets, so the same (query, passage) pair
+can score -0.0040730843 in one row and -0.0040730853 in the next (seen on an AMD EPYC), and an
+AVX-512 Intel CPU differs from an AVX2 AMD one in the last bits. Two rules make rankings independent
+of that noise:
+
+1. identical model inputs in one call are scored once and share that score exactly (``score_sorted``
+   deduplicates the token rows before batching), so equal inputs always tie and the tie is broken
+   by doc id;
+2. every reranker score is rounded to ``score_decimals`` decimals (default 4, i.e. 1e-4 on a logit
+   or log-probability) before ranking. Float32 noise across batch shapes and CPUs is ~1e-6 on these
+   scores, so scores of the same input computed in different batches or on different CPUs agree
+   after rounding, except in the rare case (probability about noise / 1e-4) that the value lies
+   within that noise of a rounding boundary; differences below 1e-4 are not meaningful relevance
+   differences, and ties are broken by doc id. Set ``score_decimals`` higher to keep more digits.
 """
 from __future__ import annotations
 
@@ -151,14 +168,31 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return ids, mask
 
 
+def _row_key(row: dict) -> tuple:
+    return tuple((k, tuple(v)) for k, v in sorted(row.items()))
+
+
 def score_sorted(encoded: Sequence[dict], batch_size: int, fn: Callable[[list[dict]], Sequence[float]]) -> list[float]:
-    """Score encoded inputs in length-sorted batches; scores come back in the input order."""
+    """Score encoded inputs in length-sorted batches; scores come back in the input order.
+
+    Identical rows are scored once and share the score, so equal inputs score exactly the same
+    whatever their batch neighbours (see the module docstring).
+    """
+    first: dict[tuple, int] = {}
+    owner = [first.setdefault(_row_key(e), i) for i, e in enumerate(encoded)]
+    uniq = sorted(first.values())
     scores = [0.0] * len(encoded)
-    for idx in sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
-        out = fn([encoded[i] for i in idx])
-        for i, s in zip(idx, out):
+    for idx in sorted_batches([len(encoded[u]["input_ids"]) for u in uniq], batch_size):
+        rows = [uniq[i] for i in idx]
+        out = fn([encoded[i] for i in rows])
+        for i, s in zip(rows, out):
             scores[i] = float(s)
-    return scores
+    return [scores[o] for o in owner]
+
+
+def round_score(score: float, decimals: int) -> float:
+    """``score`` rounded to ``decimals`` decimals (Python's correctly rounded ``round``; -0.0 -> 0.0)."""
+    return round(float(score), decimals) + 0.0
 
 
 def single_token_id(tokenizer: Any, word: str, what: str, key: str) -> int:
@@ -186,6 +220,8 @@ class RerankerBase(Stage):
     query_max_tokens: int = param(64, ge=1, help="the query keeps at most this many tokens")
     device: Device = param("auto", help="auto = cuda when available, else cpu")
     dtype: DType = param("auto", help="auto = bfloat16/float16 on GPU, float32 on CPU")
+    score_decimals: int = param(4, ge=0, le=12, help="round scores to this many decimals before ranking, so float "
+                                                     "noise of batch shapes and CPUs cannot reorder hits (ties: doc id)")
 
     input_kind = RANKINGS
     output_kind = RANKINGS
@@ -236,7 +272,7 @@ class RerankerBase(Stage):
                 meta["first_stage_score"] = h.score
                 if cut[j]:
                     meta["truncated"] = True
-                new.append(replace(h, score=float(scores[j]), meta=meta))
+                new.append(replace(h, score=round_score(scores[j], self.score_decimals), meta=meta))
                 j += 1
             if self.keep_rest and len(r.hits) > len(head):
                 floor = min((h.score for h in new), default=0.0)

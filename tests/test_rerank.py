@@ -15,7 +15,7 @@ from ._tiny_models import tiny_bert, tiny_llama, tiny_t5  # noqa: E402
 from ragkit.errors import ConfigError, ModelNotFoundError, PipelineError, StageInputError  # noqa: E402
 from ragkit.pipeline import Pipeline  # noqa: E402
 from ragkit.records import Hit, Query, Ranking  # noqa: E402
-from ragkit.rerankers._base import score_sorted, sorted_batches  # noqa: E402
+from ragkit.rerankers._base import round_score, score_sorted, sorted_batches  # noqa: E402
 from ragkit.rerankers.cross_encoder import CrossEncoderReranker  # noqa: E402
 from ragkit.rerankers.duot5 import DuoT5Reranker  # noqa: E402
 from ragkit.rerankers.llm import LLMReranker  # noqa: E402
@@ -55,7 +55,7 @@ def scores_of(out: list[Ranking]) -> dict[tuple[str, str], float]:
 # -- shared machinery -------------------------------------------------------------------------------
 def test_sorted_batches_restore_order():
     lengths = [5, 1, 9, 3, 9, 2, 7]
-    enc = [{"input_ids": list(range(n))} for n in lengths]
+    enc = [{"input_ids": [i] + list(range(n - 1))} for i, n in enumerate(lengths)]  # all rows distinct
     seen_batches = []
 
     def fn(rows):
@@ -65,6 +65,27 @@ def test_sorted_batches_restore_order():
     assert score_sorted(enc, 3, fn) == [n * 10 for n in lengths]
     assert seen_batches[0] == [9, 9, 7]  # longest first, similar lengths together
     assert sorted(i for b in sorted_batches(lengths, 2) for i in b) == list(range(len(lengths)))
+
+
+def test_identical_rows_scored_once_and_share_the_score():
+    # a float32 forward pass is not batch-invariant (the score of a row can depend on its position
+    # and neighbours in the last bits): identical inputs are scored once, so they always tie exactly
+    enc = [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}, {"input_ids": [1, 2, 3]},
+           {"input_ids": [1, 2, 3], "token_type_ids": [0, 1, 1]}]
+    calls = []
+
+    def fn(rows):
+        calls.append(len(rows))
+        return [0.1 * (len(calls) * 10 + j) for j in range(len(rows))]  # position-dependent, like a kernel
+
+    out = score_sorted(enc, 2, fn)
+    assert sum(calls) == 3 and out[0] == out[2] and len({out[0], out[1], out[3]}) == 3
+
+
+def test_scores_rounded_to_documented_precision():
+    assert round_score(-0.0040730853, 4) == round_score(-0.0040730843, 4) == -0.0041
+    assert str(round_score(-0.00001, 4)) == "0.0"  # no negative zero
+    assert round_score(1.23456789, 6) == 1.234568
 
 
 # -- cross-encoder ---------------------------------------------------------------------------------
@@ -85,7 +106,8 @@ def direct_bert(path, query, passage, max_length=512):
 
 def test_cross_encoder_batching_padding_invariant_and_matches_direct(models):
     ranks = rankings()
-    outs = [scores_of(CrossEncoderReranker(model=models["bert"], batch_size=b)(ranks)) for b in (1, 3, 64)]
+    outs = [scores_of(CrossEncoderReranker(model=models["bert"], batch_size=b, score_decimals=12)(ranks))
+            for b in (1, 3, 64)]
     for o in outs[1:]:
         assert o.keys() == outs[0].keys()
         for k in o:
@@ -96,7 +118,7 @@ def test_cross_encoder_batching_padding_invariant_and_matches_direct(models):
 
 
 def test_two_class_head_scores_log_p_relevant(models):
-    out = scores_of(CrossEncoderReranker(model=models["bert2"])(rankings()))
+    out = scores_of(CrossEncoderReranker(model=models["bert2"], score_decimals=12)(rankings()))
     logits = direct_bert(models["bert2"], QS[0].text, PASSAGES[0])
     assert out[("q1", "d0")] == pytest.approx(float(torch.log_softmax(logits, -1)[1]), abs=1e-5)
 
@@ -140,6 +162,9 @@ def test_ties_broken_by_doc_id(models):
     out = CrossEncoderReranker(model=models["bert"])([Ranking(q, hits)])[0]
     assert [h.doc_id for h in out.hits] == ["b", "m", "z"]
     assert len({h.score for h in out.hits}) == 1
+    # the default rounding (score_decimals=4) is applied to every reranked score
+    out = CrossEncoderReranker(model=models["bert"])(rankings())
+    assert all(h.score == round(h.score, 4) for r in out for h in r.hits)
 
 
 def test_embedding_model_refused(models):
@@ -187,8 +212,8 @@ def direct_monot5(path, query, doc):
 
 def test_monot5_equals_direct_and_batch_invariant(models):
     ranks = rankings()
-    a = scores_of(MonoT5Reranker(model=models["t5"], batch_size=1)(ranks))
-    b = scores_of(MonoT5Reranker(model=models["t5"], batch_size=5)(ranks))
+    a = scores_of(MonoT5Reranker(model=models["t5"], batch_size=1, score_decimals=12)(ranks))
+    b = scores_of(MonoT5Reranker(model=models["t5"], batch_size=5, score_decimals=12)(ranks))
     for q in QS:
         for i, p in enumerate(PASSAGES):
             want = direct_monot5(models["t5"], q.text, p)
@@ -214,7 +239,7 @@ def test_monot5_vocab_without_target_tokens(models):
 
 
 def test_duot5_symmetric_sum(models):
-    r = DuoT5Reranker(model=models["t5"], top_n=4, batch_size=3)
+    r = DuoT5Reranker(model=models["t5"], top_n=4, batch_size=3, score_decimals=12)
     ranks = rankings()
     out = r(ranks)
     p = r.preferences(QS[0].text, PASSAGES[:4])
@@ -229,8 +254,8 @@ def test_duot5_symmetric_sum(models):
 # -- LLM pointwise ---------------------------------------------------------------------------------
 def test_llm_equals_full_logits_and_batch_invariant(models):
     ranks = rankings()
-    a = scores_of(LLMReranker(model=models["llama"], batch_size=1, top_n=50)(ranks))
-    b = scores_of(LLMReranker(model=models["llama"], batch_size=6, top_n=50)(ranks))
+    a = scores_of(LLMReranker(model=models["llama"], batch_size=1, top_n=50, score_decimals=12)(ranks))
+    b = scores_of(LLMReranker(model=models["llama"], batch_size=6, top_n=50, score_decimals=12)(ranks))
     r = LLMReranker(model=models["llama"]).setup()
     tok, m = _load("AutoModelForCausalLM", models["llama"])
     y, n = tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")
