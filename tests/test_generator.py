@@ -73,13 +73,36 @@ def test_generate_answers_with_citations_and_timings(tiny):
     assert g([]) == []
 
 
+def greedy_margin(g: HFGenerator, r: Ranking, steps: int) -> float:
+    """The smallest gap between the top two logits along the unbatched greedy path of ``r``.
+
+    Batched and unbatched forwards differ in the last float bits (kernel blocking depends on the
+    batch shape and the CPU), so greedy texts may only be required to agree where no step is a
+    near-tie; otherwise either token is a correct greedy choice.
+    """
+    import torch
+
+    g.setup()
+    ids = g._segments(r, g._passages(r)).ids()
+    model, low = g._model, float("inf")
+    with torch.no_grad():
+        for _ in range(steps):
+            top = model(input_ids=torch.tensor([ids])).logits[0, -1].float().topk(2)
+            low = min(low, float(top.values[0] - top.values[1]))
+            ids.append(int(top.indices[0]))
+    return low
+
+
 def test_batched_equals_unbatched_greedy(tiny):
     rs = [ranking("a"), ranking("b", "what is the capital of france ?"),
           Ranking(Query("c", "where ?"), (Hit("c", "x", 1.0, 0, "sea"),))]
     batched = HFGenerator(model=str(tiny), max_new_tokens=8, batch_size=3)(rs)
-    single = HFGenerator(model=str(tiny), max_new_tokens=8, batch_size=1)(rs)
-    assert [a.text for a in batched] == [a.text for a in single]
-    assert [a.meta["new_tokens"] for a in batched] == [a.meta["new_tokens"] for a in single]
+    single_g = HFGenerator(model=str(tiny), max_new_tokens=8, batch_size=1)
+    single = single_g(rs)
+    for r, a, b in zip(rs, batched, single):
+        if a.text != b.text or a.meta["new_tokens"] != b.meta["new_tokens"]:
+            assert greedy_margin(single_g, r, 8) < 1e-4, f"{r.qid}: {a.text!r} != {b.text!r} without a near-tie"
+    assert greedy_margin(single_g, rs[2], 2) >= 0.0
 
 
 def test_citations_map_numbers_to_doc_ids(tiny):

@@ -393,7 +393,10 @@ def test_smollm2_exactness(smol):
     # (4) full recompute == full prefill
     got = eng.prefill(seg.glues, entries, seg.final, recompute_ratio=1.0)
     assert torch.allclose(got.logits, ref.logits, atol=ATOL * 10, rtol=1e-4)
-    assert got.logits.argmax() == ref.logits.argmax()
+    # the same greedy token, unless the reference's top two logits are closer than the tolerance
+    # (then either is a correct greedy choice and the pick depends on the CPU's float path)
+    top2 = ref.logits.flatten().float().topk(2).values
+    assert got.logits.argmax() == ref.logits.argmax() or float(top2[0] - top2[1]) < ATOL * 10
     # (1) one passage, no glue
     one = eng.prefill([[]], entries[:1], seg.final)
     ref1 = eng.full_prefill(seg.prefix + seg.blocks[0] + seg.final)
