@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ._integration import ENV, TAG, unavailable
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data") if (REPO.parent / "shared" / "data").exists() else None
 
@@ -44,5 +46,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def shared_data() -> Path:
     if SHARED_DATA is None:
-        pytest.skip("../shared/data is not present beside the repository")
+        unavailable("needs ../shared/data beside the repository (real evaluation data)")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Count the integration tests that did not run here, by reason (see tests/_integration.py)."""
+    reasons: dict[str, int] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(TAG):
+            reasons[reason[len(TAG):].strip()] = reasons.get(reason[len(TAG):].strip(), 0) + 1
+    if not reasons:
+        return
+    n = sum(reasons.values())
+    terminalreporter.section(f"{n} integration test(s) not run on this machine", sep="-")
+    for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        terminalreporter.write_line(f"{count:4d}  {reason}")
+    terminalreporter.write_line(f"(CI sets {ENV}=1, which makes these failures.)")

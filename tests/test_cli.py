@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ragkit.cli import build_parser, main, read_queries
-from ragkit.errors import DataError
+from ragkit.errors import DataError, IndexArtifactError
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["index", "run", "eval", "validate", "stages", "datasets", "demo"]
@@ -46,7 +46,7 @@ def test_runtime_error_exit_1(tmp_path, capsys):
     assert main(["run", str(f), "hello"]) == 1
     err = capsys.readouterr().err
     assert "no index here" in err and "Traceback" not in err
-    with pytest.raises(Exception):
+    with pytest.raises(IndexArtifactError, match="no index here"):  # --debug re-raises ragkit's own error
         main(["run", str(f), "hello", "--debug"])
 
 

