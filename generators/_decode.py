@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ragkit._deps import require
+from ragkit._hfcompat import cache_kw, output_cache
 
 
 @dataclass
@@ -130,8 +131,8 @@ def decode(model: Any, tokenizer: Any, logits: Any, cache: Any, *, params: Decod
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
         with torch.no_grad():
             res = model(input_ids=inp, position_ids=pos.unsqueeze(1), attention_mask=mask,
-                        past_key_values=cache, use_cache=True)
-        cache = res.past_key_values
+                        **cache_kw(cache), use_cache=True)
+        cache = output_cache(res)
         logits = res.logits[:, -1, :]
         pos = pos + 1
     if on_token is not None:

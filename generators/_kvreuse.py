@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ragkit._deps import require
+from ragkit._hfcompat import cache_kw, output_cache
 from ragkit.errors import ConfigError
 from ragkit.indexers._kvstore import KVStore, PassageKV
 
@@ -331,7 +332,7 @@ class KVReuseEngine:
                 with torch.no_grad():
                     out = self.model(torch.tensor([self.prefix], device=self.device), use_cache=True,
                                      logits_to_keep=1)
-                self._prefix_kv = tuple(list(x) for x in _cache_kv(out.past_key_values))  # type: ignore
+                self._prefix_kv = tuple(list(x) for x in _cache_kv(output_cache(out)))  # type: ignore
             else:
                 cfg = self.model.config
                 n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -360,9 +361,9 @@ class KVReuseEngine:
                            [v.expand(B, -1, -1, -1).contiguous() for v in pv])
         pos = torch.arange(P, P + T, device=self.device).unsqueeze(0).expand(B, -1)
         with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kw(cache),
                              use_cache=True, logits_to_keep=1)
-        ks, vs = _cache_kv(out.past_key_values)
+        ks, vs = _cache_kv(output_cache(out))
         res = []
         for i, b in enumerate(blocks):
             n = len(b)
@@ -524,12 +525,12 @@ class KVReuseEngine:
         h = self.base.embed_tokens(torch.tensor([ids], device=self.device))
         pe = self.base.rotary_emb(h, pos.unsqueeze(0))
         mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
-                                  past_key_values=None, position_ids=pos.unsqueeze(0))
+                                  **cache_kw(None), position_ids=pos.unsqueeze(0))
         for lay in cache.layers[:li]:
             lay.scatter_at, lay.scatter_len = pos, T
         try:   # plain causal attention over the T fresh positions (written over the reused ones)
             for layer in layers[:li]:
-                h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(0), past_key_values=cache,
+                h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(0), **cache_kw(cache),
                           use_cache=True, position_embeddings=pe)
                 h = h[0] if isinstance(h, tuple) else h
         finally:
@@ -564,7 +565,7 @@ class KVReuseEngine:
         if not R:   # only the final block: the model's own causal mask over the cache is exact
             out = self.model(input_ids=torch.tensor([final], device=self.device),
                              position_ids=torch.arange(N, N + len(final), device=self.device).unsqueeze(0),
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+                             **cache_kw(cache), use_cache=True, logits_to_keep=1)
             return out.logits[:, -1, :]
         positions = R + list(range(N, N + len(final)))       # ascending: R is sorted and < N
         pos = torch.tensor(positions, device=self.device)
@@ -594,7 +595,7 @@ class KVReuseEngine:
                     cache.layers[i].vbuf[:, :, :T].index_copy_(2, pos[:m - F], v)
                     pos = cache.layers[i].scatter_at = pos[m - F:]
                     h, cos, sin, mask = h[:, m - F:], cos[:, m - F:], sin[:, m - F:], mask[:, :, m - F:]
-                h = layers[i](h, attention_mask=mask, position_ids=pos.unsqueeze(0), past_key_values=cache,
+                h = layers[i](h, attention_mask=mask, position_ids=pos.unsqueeze(0), **cache_kw(cache),
                               use_cache=True, position_embeddings=(cos, sin))
                 h = h[0] if isinstance(h, tuple) else h
         finally:
@@ -610,4 +611,4 @@ class KVReuseEngine:
         with torch.no_grad():
             out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True,
                              logits_to_keep=1)
-        return PrefillResult(out.logits[:, -1, :], out.past_key_values, len(ids), {})
+        return PrefillResult(out.logits[:, -1, :], output_cache(out), len(ids), {})

@@ -9,7 +9,6 @@ the model -- there is no fallback to another model. GGUF checkpoints are dequant
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,14 @@ class ResolvedModel:
     name: str          # what the user gave
     path: str          # folder passed to from_pretrained (GGUF already dequantised to safetensors)
     model_id: str      # stable identifier (upstream hub id for short names)
-    revision: str      # content fingerprint of the weights folder (config + weight file sizes)
+    revision: str      # content hash of the weights folder + numeric library versions (ragkit.model_identity)
 
 
 def _folder_revision(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".model", ".gguf"):
-            h.update(f.name.encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.suffix == ".json" and f.stat().st_size < 5_000_000:
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    """Content identity of the weights folder (see :mod:`ragkit.model_identity`)."""
+    from ragkit.model_identity import model_identity
+
+    return model_identity(folder)
 
 
 def resolve(name: str, base_dir: str | Path | None = None) -> ResolvedModel:

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Literal
 
+from ragkit._hfcompat import output_cache
 from ragkit.errors import ConfigError, StageInputError
 from ragkit.records import Answer, Ranking
 from ragkit.registry import register
@@ -200,7 +201,7 @@ class HFGenerator(Generator):
         with d["_model_lock"], torch.no_grad():
             t0 = time.perf_counter()
             res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            dec = decode(model, d["_tok"], res.logits[:, -1, :], res.past_key_values, params=self._decode_params(),
+            dec = decode(model, d["_tok"], res.logits[:, -1, :], output_cache(res), params=self._decode_params(),
                          eos_ids=d["_eos"], next_pos=pos[:, -1] + 1, attention_mask=mask, on_token=cb, t_start=t0)
         return [self._answer(r, h, o, len(x), {}) for r, h, o, x in zip(batch, hits, dec, rows)]
 

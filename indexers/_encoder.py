@@ -147,6 +147,18 @@ class Encoder:
     def model_id(self) -> str:
         return self.resolved.id
 
+    @property
+    def cache_id(self) -> str:
+        """The model as the cache knows it: id plus a content hash of the weights (ragkit.model_identity)."""
+        cid = self.__dict__.get("_cache_id")
+        if cid is None:
+            from ragkit.model_identity import model_identity
+
+            r = self.resolved
+            cid = f"{r.id}\x1f{model_identity(r.path if r.kind == 'hf' else None, name=r.id)}"
+            self.__dict__["_cache_id"] = cid
+        return cid
+
     def _load(self) -> None:
         r = self.resolved
         if r.kind == "hash":
@@ -172,7 +184,7 @@ class Encoder:
 
     def _namespace_cache(self) -> EmbeddingCache:
         if self._cache is None:
-            ns = hashlib.sha256(f"{self.model_id}\x1f{self.dim}\x1f{int(self.fp16)}".encode()).hexdigest()[:20]
+            ns = hashlib.sha256(f"{self.cache_id}\x1f{self.dim}\x1f{int(self.fp16)}".encode()).hexdigest()[:20]
             self._cache = EmbeddingCache(cache_dir() / "embeddings" / ns, self.dim)
         return self._cache
 
@@ -195,7 +207,7 @@ class Encoder:
             self.stats["encoded"] += len(full)
             return self._raw_encode(full, bool(progress))
         c = self._namespace_cache()
-        keys = text_keys(self.model_id, prefix, self.normalize, texts)
+        keys = text_keys(self.cache_id, prefix, self.normalize, texts)
         out, found = c.lookup(keys)
         missing = np.flatnonzero(~found)
         self.stats["cached"] += int(found.sum())

@@ -74,7 +74,7 @@ class MHAIndexer(Stage):
         if not self.cache:
             return emb.encode(full, progress=progress)
         H, d = emb.num_heads, emb.head_dim
-        mid = f"mha\x1f{emb.model_id}\x1f{emb.layer}\x1f{emb.pooling}\x1f{self.max_length}"
+        mid = f"mha\x1f{emb.cache_id}\x1f{emb.layer}\x1f{emb.pooling}\x1f{self.max_length}"
         ns = hashlib.sha256(mid.encode()).hexdigest()[:20]
         cache = EmbeddingCache(cache_dir() / "embeddings" / ns, H * d)
         keys = text_keys(mid, prefix, False, texts)

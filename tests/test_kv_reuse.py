@@ -18,6 +18,7 @@ from ._integration import import_or_unavailable, unavailable
 torch = import_or_unavailable("torch", "llm")
 transformers = import_or_unavailable("transformers", "llm")
 
+from ragkit._hfcompat import cache_kw, output_cache  # noqa: E402
 from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
 from ragkit.generators._kvreuse import (KVReuseEngine, _buffer_cache, _cache_kv, check_supported, rotate_keys,  # noqa: E402
                                        rotate_keys_into)
@@ -58,7 +59,7 @@ def block_reference(model, pieces, blocks_mask):
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), attention_mask=mask, position_ids=torch.arange(n)[None],
                     use_cache=True)
-    return out.logits[:, -1], out.past_key_values
+    return out.logits[:, -1], output_cache(out)
 
 
 def test_1_single_passage_equals_full_prefill(tiny):
@@ -113,8 +114,8 @@ def test_decoding_appends_in_place_and_matches_full_prefill(tiny):
     for step, tok in enumerate(rand_ids(4, 5)):
         pos = torch.tensor([[n + step]])
         with torch.no_grad():
-            a = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, past_key_values=got.cache, use_cache=True).logits
-            b = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, past_key_values=ref.cache, use_cache=True).logits
+            a = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, **cache_kw(got.cache), use_cache=True).logits
+            b = tiny(input_ids=torch.tensor([[tok]]), position_ids=pos, **cache_kw(ref.cache), use_cache=True).logits
         assert torch.allclose(a, b, atol=ATOL, rtol=0)
     keys = _cache_kv(got.cache)[0][0]
     assert keys.shape[-2] == n + 4 and keys.data_ptr() == ptr
