@@ -17,11 +17,12 @@ under ``torch.inference_mode``, in bfloat16/float16 on GPU.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from ragkit._deps import require
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, ModelNotFoundError
 from ragkit.registry import register
 from ragkit.stage import param
 
@@ -53,7 +54,17 @@ class CrossEncoderReranker(RerankerBase):
     def _setup(self) -> None:
         torch = require("torch", "cross-encoder reranking")
         tf = require("transformers", "cross-encoder reranking")
-        path = self._model_path()
+        try:
+            path = self._model_path()
+        except ModelNotFoundError as exc:
+            base = self.__dict__.get("_base_dir")
+            target = Path(self.model).expanduser()
+            if not target.is_absolute() and base is not None:
+                target = Path(os.path.relpath(Path(base) / target))
+            raise ModelNotFoundError(
+                f"'{self.key}': {exc} A cross-encoder checkpoint is made by one command, e.g. "
+                f"`ragkit train-reranker --dataset squad --model minilm --output {target}` (about 20 min on a "
+                f"2-core CPU; see pipelines/rerank.yaml).") from None
         check_classifier_checkpoint(path, self.model, self.key)
         try:
             tok = tf.AutoTokenizer.from_pretrained(path)

