@@ -22,6 +22,7 @@ KNOWN = {
     "matplotlib": ("matplotlib", "dev"),
     "gguf": ("gguf", "llm"),
     "accelerate": ("accelerate", "llm"),
+    "peft": ("peft", "lora"),
 }
 
 

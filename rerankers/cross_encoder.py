@@ -54,8 +54,9 @@ class CrossEncoderReranker(RerankerBase):
     def _setup(self) -> None:
         torch = require("torch", "cross-encoder reranking")
         tf = require("transformers", "cross-encoder reranking")
+        adapter = self._adapter_folder()
         try:
-            path = self._model_path()
+            path = str(adapter) if adapter is not None else self._model_path()
         except ModelNotFoundError as exc:
             base = self.__dict__.get("_base_dir")
             target = Path(self.model).expanduser()
@@ -65,12 +66,15 @@ class CrossEncoderReranker(RerankerBase):
                 f"'{self.key}': {exc} A cross-encoder checkpoint is made by one command, e.g. "
                 f"`ragkit train-reranker --dataset squad --model minilm --output {target}` (about 20 min on a "
                 f"2-core CPU; see pipelines/rerank.yaml).") from None
-        check_classifier_checkpoint(path, self.model, self.key)
-        try:
-            tok = tf.AutoTokenizer.from_pretrained(path)
-            model, info = tf.AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
-        except (OSError, ValueError) as exc:
-            raise load_error(self.model, exc) from exc
+        if adapter is not None:
+            tok, model, info = self._load_adapter(tf, path)
+        else:
+            check_classifier_checkpoint(path, self.model, self.key)
+            try:
+                tok = tf.AutoTokenizer.from_pretrained(path)
+                model, info = tf.AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+            except (OSError, ValueError) as exc:
+                raise load_error(self.model, exc) from exc
         missing = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
         if missing:
             raise ConfigError(f"'{self.key}': checkpoint {self.model!r} lacks trained weights for {sorted(missing)[:4]}; "
@@ -84,6 +88,42 @@ class CrossEncoderReranker(RerankerBase):
         d = self.__dict__
         d["_tok"], d["_model"], d["_dev"], d["_torch"] = tok, model, dev, torch
         d["_n_special"] = tok.num_special_tokens_to_add(pair=True)
+
+    def _adapter_folder(self) -> Path | None:
+        """The local folder of a LoRA checkpoint (it has ``adapter_config.json``, no ``config.json``)."""
+        p = Path(self.model).expanduser()
+        base = self.__dict__.get("_base_dir")
+        if not p.is_absolute() and base is not None:
+            p = Path(base) / p
+        return p if (p / "adapter_config.json").is_file() else None
+
+    def _load_adapter(self, tf: Any, path: str) -> tuple[Any, Any, dict]:
+        """A LoRA adapter + head (``ragkit train-reranker --lora-rank r``) over its base, merged."""
+        peft = require("peft", "LoRA cross-encoder checkpoints", extra="lora")
+        from ._base import resolve_model
+
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = cfg.get("base_model_name_or_path") or ""
+        if cfg.get("task_type") != "SEQ_CLS" or not base_name:
+            raise ConfigError(f"'{self.key}': {path} holds a peft adapter that is not a sequence-classification "
+                              f"adapter with a named base model (task_type {cfg.get('task_type')!r}).")
+        saved = set((cfg.get("modules_to_save") or []))
+        if "classifier" not in saved:
+            raise ConfigError(f"'{self.key}': the adapter in {path} does not carry its classification head "
+                              f"(modules_to_save {sorted(saved)}); its scores would come from a random head.")
+        base = resolve_model(base_name, self.__dict__.get("_base_dir"))
+        try:
+            tok = tf.AutoTokenizer.from_pretrained(path)
+            verbosity = tf.logging.get_verbosity()
+            tf.logging.set_verbosity_error()   # the base's head is reported missing: the adapter supplies it
+            try:
+                net = tf.AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+            finally:
+                tf.logging.set_verbosity(verbosity)
+            model = peft.PeftModel.from_pretrained(net, path).merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise load_error(self.model, exc) from exc
+        return tok, model, {}
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[dict], list[bool]]:
         """Tokenize pairs with the query cut to its budget and the passage to the rest."""

@@ -20,6 +20,14 @@ cut to ``max_length``). Batches group pairs of similar length (less padding). Tr
 (model, optimizer, scheduler, step, RNG states, loss log) is saved every ``save_every`` steps to
 ``<output>/checkpoint``; running the same command again resumes from it and gives the same
 weights as an uninterrupted run. ``<output>/train_log.jsonl`` holds the per-step loss.
+
+LoRA (Hu et al., 2021; ``lora_rank > 0``, cross-encoders only, needs ``peft``): the pretrained
+encoder stays frozen; trainable rank-r updates B·A (scaled by alpha/r, alpha = 2r) are added to the
+query, key, value and dense projections of every layer, and the scoring head (classifier + pooler)
+is trained in full. The output folder then holds only the adapter and the head
+(``adapter_config.json`` + ``adapter_model.safetensors``, a few MB) plus the tokenizer;
+``reranker.cross_encoder`` loads the base model named in ``adapter_config.json`` (the name given to
+``--model``, e.g. ``minilm``), applies the adapter and merges it.
 """
 from __future__ import annotations
 
@@ -72,6 +80,19 @@ def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, state: dict
         shutil.rmtree(old)
 
 
+LORA_TARGETS = ("query", "key", "value", "dense")
+
+
+def _with_lora(net: Any, rank: int, base_name: str) -> Any:
+    """``net`` wrapped by peft: LoRA on the attention and MLP projections, the head trained in full."""
+    peft = require("peft", "LoRA reranker training", extra="lora")
+    cfg = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                          target_modules=list(LORA_TARGETS), modules_to_save=["classifier", "pooler"])
+    net = peft.get_peft_model(net, cfg)
+    net.peft_config["default"].base_model_name_or_path = base_name   # a short name stays portable
+    return net
+
+
 def head_parameter_names(net: Any) -> set[str]:
     """Names of the parameters of a sequence-classification model's scoring head: the layers
     outside the pretrained encoder (``classifier``) plus BERT's ``pooler``, which
@@ -111,7 +132,7 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
                    lr: float = 1e-4, head_lr: float | None = 2e-3, warmup: float = 0.1, weight_decay: float = 0.01, max_length: int = 256,
                    query_max_tokens: int = 64, save_every: int = 100, resume: bool = True, seed: int = 13,
                    max_steps: int | None = None, progress: bool | None = None, data_dir: str | None = None,
-                   threads: int | None = None, attention_dropout: float | None = 0.0) -> dict:
+                   threads: int | None = None, attention_dropout: float | None = 0.0, lora_rank: int = 0) -> dict:
     """Fine-tune a reranker; returns a summary dict (steps, seconds, final loss, paths).
 
     ``dataset``: a built-in dataset name (``squad``), a generic folder, or a Dataset object.
@@ -120,7 +141,8 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
     same call resumes). ``kind``: ``auto`` (encoder-decoder -> monot5, else cross_encoder),
     ``cross_encoder`` or ``monot5``. ``attention_dropout``: dropout on the attention
     probabilities while training (see :func:`attention_dropout_overrides`); ``None`` keeps the
-    checkpoint's own.
+    checkpoint's own. ``lora_rank``: 0 fine-tunes every weight; r > 0 trains a LoRA adapter of rank
+    r and the head only (see the module docstring).
     """
     torch = require("torch", "reranker training")
     tf = require("transformers", "reranker training")
@@ -132,6 +154,8 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
                         ("batch_size", batch_size, 1), ("save_every", save_every, 1)):
         if v < lo:
             raise ConfigError(f"train-reranker: {name} must be >= {lo}, got {v}")
+    if lora_rank < 0:
+        raise ConfigError(f"train-reranker: lora_rank must be >= 0, got {lora_rank}")
     if attention_dropout is not None and not 0.0 <= attention_dropout < 1.0:
         raise ConfigError(f"train-reranker: attention_dropout must be in [0, 1), got {attention_dropout}")
     if threads:
@@ -157,7 +181,11 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
         finally:
             tf.logging.set_verbosity(verbosity)
         net.config.id2label, net.config.label2id = {0: "relevant"}, {"relevant": 0}
+        if lora_rank:
+            net = _with_lora(net, lora_rank, model)
     else:
+        if lora_rank:
+            raise ConfigError("train-reranker: --lora-rank applies to cross-encoders; monoT5 trains in full.")
         if not getattr(config, "is_encoder_decoder", False):
             raise ConfigError(f"train-reranker: --kind monot5 needs an encoder-decoder (T5) checkpoint; "
                               f"{model!r} is {config.model_type!r}.")
@@ -197,11 +225,13 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
     # -- optimiser, schedule, resume -----------------------------------------------------------------
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
     heads = head_parameter_names(net) if kind == "cross_encoder" and head_lr else set()
+    if lora_rank and head_lr:   # under peft the head's copies are named ...classifier.modules_to_save...
+        heads = {n for n, _ in net.named_parameters() if ".classifier." in n or ".pooler." in n}
     groups = []
     for is_head in (False, True):
         for decay in (True, False):
             ps = [p for n, p in net.named_parameters()
-                  if (n in heads) == is_head and (not any(k in n for k in no_decay)) == decay]
+                  if p.requires_grad and (n in heads) == is_head and (not any(k in n for k in no_decay)) == decay]
             if ps:
                 groups.append({"params": ps, "weight_decay": weight_decay if decay else 0.0,
                                "lr": head_lr if is_head else lr})
@@ -213,7 +243,7 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
                 "holdout_every": holdout_every, "queries": len(tq), "negatives": negatives, "neg_depth": neg_depth,
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "head_lr": head_lr if heads else None,
                 "max_length": max_length, "attention_dropout": attention_dropout,
-                "query_max_tokens": query_max_tokens, "seed": seed, "total_steps": total}
+                "query_max_tokens": query_max_tokens, "seed": seed, "total_steps": total, "lora_rank": lora_rank}
     prior_seconds = 0.0
     if resume and (ck / "state.json").exists():
         st = json.loads((ck / "state.json").read_text(encoding="utf-8"))
@@ -270,7 +300,7 @@ def train_reranker(output: str, *, dataset: Any = "squad", model: str = "minilm"
                 target = torch.where(y > 0.5, torch.tensor(true_id), torch.tensor(false_id))
                 loss = torch.nn.functional.cross_entropy(logits, target)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -331,6 +361,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--attention-dropout", type=float, default=0.0,
                    help="dropout on attention probabilities while training (default 0: keeps CPU attention fused, "
                         "~1.7x faster steps); -1 keeps the checkpoint's own")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="0: fine-tune every weight; r > 0: train a rank-r LoRA adapter + the head only (needs peft; "
+                        "saves a few MB)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--query-max-tokens", type=int, default=64)
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
@@ -347,7 +380,7 @@ def main(args: argparse.Namespace) -> int:
     kw = {k: getattr(args, k) for k in ("dataset", "model", "kind", "split", "holdout_every", "max_queries", "negatives",
                                         "neg_depth", "epochs", "batch_size", "lr", "head_lr", "warmup", "max_length",
                                         "query_max_tokens", "save_every", "resume", "max_steps", "seed", "progress",
-                                        "data_dir", "threads", "attention_dropout")}
+                                        "data_dir", "threads", "attention_dropout", "lora_rank")}
     if kw["attention_dropout"] is not None and kw["attention_dropout"] < 0:
         kw["attention_dropout"] = None
     summary = train_reranker(args.output, **kw)

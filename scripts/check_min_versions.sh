@@ -3,7 +3,7 @@
 #
 #   scripts/check_min_versions.sh [pytest args...]      (default: -m "" -q, both tiers)
 #
-# Every `name>=X` lower bound of the core dependencies and of the dense, graph, llm, langchain and dev
+# Every `name>=X` lower bound of the core dependencies and of the dense, graph, llm, langchain, lora and dev
 # extras becomes a `name==X` constraint (torch stays at the CPU build pinned by constraints-cpu.txt);
 # the rest of the tree is whatever pip resolves under those pins. The venv is made in a temporary
 # folder and removed afterwards; the pins used, `pip freeze` and the pytest summary are written to
@@ -21,7 +21,7 @@ OUT=benchmarks/results/min_versions.md
 import re, sys, tomllib
 data = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = list(data["dependencies"])
-for extra in ("dense", "graph", "llm", "langchain", "dev"):
+for extra in ("dense", "graph", "llm", "langchain", "lora", "dev"):
     reqs += data["optional-dependencies"][extra]
 pins = {}
 for r in reqs:

@@ -178,3 +178,37 @@ def test_trained_reranker_beats_bm25_on_heldout_squad(shared_data, tmp_path):
 
     got, base = ndcg(rr), ndcg(bm)
     assert got > base, f"reranked nDCG@10 {got:.4f} vs BM25 {base:.4f}"
+
+
+def test_lora_adapter_and_head_train_save_small_and_load_as_reranker(tiny, tmp_path):
+    peft = import_or_unavailable("peft", "lora", module_level=False)
+    out = tmp_path / "lora"
+    s = train_reranker(str(out), dataset=tiny_dataset(), model=tiny["bert"], split="all", negatives=1, epochs=2,
+                       batch_size=4, lr=5e-3, warmup=0.0, progress=False, lora_rank=4)
+    assert s["finished"] and s["lora_rank"] == 4
+    files = {f.name for f in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["base_model_name_or_path"] == tiny["bert"] and "classifier" in cfg["modules_to_save"]
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in saved) and any("classifier" in k for k in saved)
+    assert not any("word_embeddings" in k for k in saved)          # the frozen encoder is not saved
+    # the reranker (base + adapter, merged) scores as peft's unmerged model does
+    import transformers
+
+    ds = tiny_dataset()
+    q = ds.queries[0]
+    hits = tuple(Hit(q.qid, d.doc_id, 0.0, 0, d.text) for d in ds.corpus[:5])
+    got = CrossEncoderReranker(model=str(out), score_decimals=12)([Ranking(q, hits)])[0]
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(tiny["bert"], num_labels=1)
+    ref = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    for h in got.hits:
+        enc = tok(q.text, h.text, return_tensors="pt")
+        with torch.no_grad():
+            want = float(ref(**enc).logits[0, 0])
+        assert h.score == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ConfigError, match="lora_rank"):
+        train_reranker(str(tmp_path / "bad"), dataset=ds, model=tiny["bert"], lora_rank=-1)
