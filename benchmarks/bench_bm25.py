@@ -270,11 +270,18 @@ def main() -> None:
                     help="zipf: generated, vocabulary grows like real text (default); repeated: 3,881 real passages "
                          "repeated with fresh ids")
     ap.add_argument("--out", default="bm25", help="result file stem under benchmarks/results/")
+    ap.add_argument("--from-log", default=None,
+                    help="rebuild the result files from the stderr log of a run that was stopped before it ended "
+                         "(its finished cases are kept; give --command with the command of that run)")
+    ap.add_argument("--command", default=None, help="with --from-log: the command that produced the log")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         name, n, m, folder = args.child
         print(json.dumps(CASES[name](int(n), int(m), folder)))
+        return
+    if args.from_log:
+        write_from_log(args)
         return
 
     global CORPUS_KIND
@@ -298,6 +305,7 @@ def main() -> None:
                 row["rank_bm25"] = dict(run_case("rank_bm25", n, m, folder, args.timeout), queries=m)
                 print(n, "rank_bm25", row["rank_bm25"], file=sys.stderr, flush=True)
         results.append(row)
+        print("ROW", json.dumps(row), file=sys.stderr, flush=True)   # a killed run keeps its finished sizes
     info = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "corpus": args.corpus, "load_before": load_before,
             "seconds": round(time.time() - t_all, 1), "command": "nice -n 5 .venv/bin/python benchmarks/bench_bm25.py "
@@ -330,6 +338,42 @@ CORPUS_TEXT = {
             "does (Zipf's law; Heaps' law for the vocabulary), passage lengths drawn from the real ones (mean 137 "
             "word tokens). Word tokens and distinct words per N are in the corpus table below.",
 }
+
+
+def write_from_log(args: argparse.Namespace) -> None:
+    """Results of a stopped run, from the per-case lines it printed to stderr (``N case {json}``)."""
+    import ast
+
+    rows: dict[int, dict] = {}
+    for line in Path(args.from_log).read_text(encoding="utf-8").splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0].isdigit() and parts[1] in CASES:
+            n = int(parts[0])
+            rows.setdefault(n, {"n": n})[parts[1]] = ast.literal_eval(parts[2])
+    results = []
+    for n in sorted(rows):
+        row = rows[n]
+        if not all(k in row for k in ("bm25s", "ragkit_build", "ragkit_query")):
+            print(f"N={n}: unfinished ({', '.join(k for k in row if k != 'n')} done), left out", file=sys.stderr)
+            continue
+        row["queries"] = args.queries if n < 1_000_000 else args.queries_large
+        texts = corpus(n)
+        row["corpus"] = corpus_stats(texts)
+        del texts
+        results.append(row)
+    info = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "corpus": args.corpus, "seconds": "-", "command": args.command or "(see log)",
+            "load_before": None, "load_after": os.getloadavg(), "from_log": True}
+    try:
+        import bm25s
+        import numpy
+
+        info["versions"] = f"bm25s {bm25s.__version__}, numpy {numpy.__version__}"
+    except ImportError:
+        pass
+    (OUT / f"{args.out}.json").write_text(json.dumps({"info": info, "results": results}, indent=1), encoding="utf-8")
+    (OUT / f"{args.out}.md").write_text(report(info, results), encoding="utf-8")
+    print(report(info, results))
 
 
 def report(info: dict, results: list[dict]) -> str:
