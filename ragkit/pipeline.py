@@ -139,10 +139,16 @@ class Pipeline:
         """
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
+        from .artifacts import build_context, check_target, corpus_record
+
         for s in self.index_stages:
             s.__dict__["_base_dir"] = self.base_dir
             s.__dict__["_progress"] = progress
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
+        protect = self._protected_paths()
+        with build_context(protect=protect):
+            for s in indexers:  # refuse a bad index path before any work is done
+                check_target(s.index_folder(), s.key, what=f"index folder of '{s.key}'")
         previous = None
         if documents is None:
             if self.corpus is None:
@@ -157,14 +163,26 @@ class Pipeline:
             if previous is not None:
                 inc = read_corpus_incremental(self.corpus, base_dir=self.base_dir, previous_manifest=previous,
                                               progress=progress)
-                return self._update_index(inc, indexers)
+                with build_context(protect=protect, corpus=corpus_record(inc.manifest)):
+                    return self._update_index(inc, indexers)
             documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
-        stats = self._run_index_stages(documents, self.index_stages)
         manifest = getattr(documents, "manifest", None)
-        if manifest is not None:
-            for s in indexers:
-                manifest.save(s.index_folder())
-        return stats
+        if manifest is None:
+            documents = list(documents)
+        corpus = corpus_record(manifest, None if manifest is not None else documents)
+        with build_context(protect=protect, corpus=corpus):
+            return self._run_index_stages(documents, self.index_stages)
+
+    def _protected_paths(self) -> list[tuple[Path, str]]:
+        """Folders an index may never replace: the pipeline file's folder and the corpus."""
+        out = []
+        if self.base_dir is not None:
+            out.append((Path(self.base_dir), "the folder holding the pipeline file"))
+        if self.corpus is not None and self.corpus.path:
+            from .artifacts import resolve_path
+
+            out.append((resolve_path(self.corpus.path, self.base_dir), "the corpus (corpus: path)"))
+        return out
 
     def _run_index_stages(self, documents: Iterable[Any], stages: list[Stage]) -> dict:
         report = getattr(documents, "report", None)
@@ -202,8 +220,9 @@ class Pipeline:
                     batch = s(batch)
                 stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
             stats["chunks"] = len(batch)
-        for s in indexers:
-            inc.manifest.save(s.index_folder())
+        else:  # nothing changed: the indexes stay; only the manifest's file times are refreshed
+            for s in indexers:
+                inc.manifest.save(s.index_folder())
         return stats
 
     # -- YAML ----------------------------------------------------------------------------------
