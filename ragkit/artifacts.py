@@ -57,8 +57,9 @@ log = logging.getLogger("ragkit.artifacts")
 # (``protect``) and the corpus the indexes are built from (``corpus``: id, documents, manifest).
 _BUILD: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ragkit_build", default=None)
 
-# Test hook: called between the two renames of the fallback swap (never set in normal use).
-_between_renames: Any = None
+# Test hook for crash trials: called with "before-swap", "between-renames" (two-rename fallback)
+# and "after-swap" while an index folder is replaced. Never set in normal use.
+_crash_point: Any = None
 # Whether to try renameat2(RENAME_EXCHANGE) before the two-rename fallback.
 USE_EXCHANGE = True
 
@@ -363,16 +364,22 @@ def atomic_folder(path: str | Path, stage: str | None = None) -> Iterator[Path]:
                 stage = json.loads((tmp / PARAMS_FILE).read_text(encoding="utf-8")).get("stage")
         check_target(path, stage)  # the folder may have changed while the index was written
         _fsync_dir(tmp)
+        if _crash_point is not None:
+            _crash_point("before-swap")
         if not os.path.lexists(real):
             os.rename(tmp, real)
         elif _exchange(tmp, real):
+            if _crash_point is not None:
+                _crash_point("after-swap")
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
         else:
             old = real.parent / f".{real.name}.old-{_owner_tag()}"
             os.rename(real, old)
-            if _between_renames is not None:
-                _between_renames(real, old, tmp)
+            if _crash_point is not None:
+                _crash_point("between-renames")
             os.rename(tmp, real)
+            if _crash_point is not None:
+                _crash_point("after-swap")
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(real.parent)
     except BaseException:

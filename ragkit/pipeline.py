@@ -79,6 +79,9 @@ class Pipeline:
     def setup(self) -> "Pipeline":
         for s in self.index_stages + self.stages:
             s.__dict__["_base_dir"] = self.base_dir
+        if not self.__dict__.get("_indexes_checked"):
+            check_indexes_agree(self.stages, self.base_dir)
+            self.__dict__["_indexes_checked"] = True
         for s in self.stages:
             s.setup()
         return self
@@ -141,6 +144,7 @@ class Pipeline:
             raise PipelineError("the pipeline has no 'index:' stages")
         from .artifacts import build_context, check_target, corpus_record
 
+        self.__dict__.pop("_indexes_checked", None)
         for s in self.index_stages:
             s.__dict__["_base_dir"] = self.base_dir
             s.__dict__["_progress"] = progress
@@ -278,6 +282,48 @@ class Pipeline:
         parts = parse_pipeline_dict(data, "<dict>", Located(data))
         return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"], evaluation=parts["eval"],
                    name=parts["name"], description=parts["description"], base_dir=base_dir)
+
+
+def _walk(stages: Iterable[Any]) -> Iterable[Stage]:
+    """Every stage, and every stage nested in a stage's parameters (fusion's retrievers)."""
+    for s in stages:
+        if isinstance(s, Stage):
+            yield s
+            for name in s.param_names():
+                v = getattr(s, name)
+                yield from _walk(v if isinstance(v, (list, tuple)) else [v])
+
+
+def check_indexes_agree(stages: Sequence[Stage], base_dir: Path | None) -> None:
+    """Raise IndexArtifactError when the retrievers' indexes were built from different corpora.
+
+    Each index built by ``Pipeline.build_index`` records the corpus it came from (``corpus`` in
+    its params.json: a hash of the corpus manifest and the document count). Indexes built
+    another way carry no record and are not compared. Reads only the params files (cheap).
+    """
+    import json
+
+    from .artifacts import PARAMS_FILE, resolve_path
+    from .errors import IndexArtifactError
+
+    seen: dict[str, tuple[Path, dict]] = {}
+    for s in _walk(stages):
+        index = getattr(s, "index", None)
+        if not isinstance(index, str) or not index or not s.key.startswith("retriever."):
+            continue
+        folder = resolve_path(index, getattr(s, "_base_dir", None) or base_dir)
+        try:
+            corpus = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8")).get("corpus")
+        except (OSError, ValueError, AttributeError):
+            continue  # missing or corrupt: the retriever's own load reports it
+        if isinstance(corpus, dict) and isinstance(corpus.get("id"), str):
+            seen.setdefault(corpus["id"], (folder, corpus))
+    if len(seen) > 1:
+        parts = [f"{folder} from a corpus of {c.get('documents', '?')} documents (id {cid[:12]})"
+                 for cid, (folder, c) in seen.items()]
+        raise IndexArtifactError("the pipeline's indexes were built from different corpora: " + "; ".join(parts)
+                                 + ". A build was interrupted between its indexers, or the indexes come from "
+                                 "different builds; rebuild them together (`ragkit index PIPELINE.yaml`).")
 
 
 def _flatten(stages: Sequence[Any]) -> list[Stage]:
