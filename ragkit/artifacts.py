@@ -522,8 +522,11 @@ def read_params(folder: str | Path, *, expect_key: str | None = None, verify: st
     if "params_sha256" in data and data["params_sha256"] != _params_digest(data):
         raise IndexArtifactError(f"{f}: the parameters were modified after the index was written (checksum "
                                  f"mismatch); rebuild the index rather than editing {PARAMS_FILE}.")
+    if not isinstance(data.get("stage"), str):
+        raise IndexArtifactError(f"{f}: corrupt index parameters (no 'stage'); rebuild the index.")
     if expect_key is not None and data.get("stage") != expect_key:
-        raise IndexArtifactError(f"{folder}: index was built by '{data.get('stage')}', expected '{expect_key}'.")
+        raise IndexArtifactError(f"{folder}: index was built by '{data.get('stage')}', expected '{expect_key}'. "
+                                 f"Point the retriever at an index built by '{expect_key}', or rebuild it.")
     missing = [k for k in required if k not in data]
     if missing:
         raise IndexArtifactError(f"{f}: corrupt index parameters (missing {', '.join(missing)}); rebuild the index.")
