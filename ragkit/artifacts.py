@@ -561,8 +561,9 @@ def load_array(folder: Path, name: str, mmap: bool = False, *, dtype: Any = None
     f = folder / name
     try:
         a = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError, TypeError, MemoryError) as exc:
-        raise IndexArtifactError(f"{f}: missing or corrupt index array ({exc}); rebuild the index.") from None
+    except Exception as exc:  # noqa: BLE001 -- numpy's header parser raises many kinds on a damaged file
+        raise IndexArtifactError(f"{f}: missing or corrupt index array ({type(exc).__name__}: {exc}); rebuild the "
+                                 f"index.") from None
     if not isinstance(a, np.ndarray) or a.ndim != ndim or (dtype is not None and a.dtype != np.dtype(dtype)):
         raise IndexArtifactError(f"{f}: corrupt index array ({getattr(a, 'dtype', '?')}, "
                                  f"{getattr(a, 'ndim', '?')}-d; expected {np.dtype(dtype) if dtype else 'any'}, "
