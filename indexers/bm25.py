@@ -191,6 +191,11 @@ class BM25Index:
         if params.get("format") != FORMAT:
             raise IndexArtifactError(f"{folder}: BM25 index format {params.get('format')!r}, this ragkit reads "
                                      f"format {FORMAT}; rebuild the index.")
+        if not isinstance(params["tokenizer"], dict) or not all(isinstance(params[k], int) and params[k] >= 0
+                                                                for k in ("num_docs", "vocab_size", "nnz")):
+            raise IndexArtifactError(f"{folder / 'params.json'}: corrupt BM25 parameters (tokenizer or counts); "
+                                     f"rebuild the index.")
+        TokenizerConfig.from_dict(params["tokenizer"])
         arrays = [_plain(load_array(folder, a, mmap=mmap, dtype=dt)) for a, dt in zip(ARRAYS, DTYPES)]
         nonocc = _plain(load_array(folder, "nonoccurrence.npy", mmap=mmap, dtype=np.float32)) \
             if params["method"] in ("bm25l", "bm25+") else None
