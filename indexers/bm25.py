@@ -120,14 +120,22 @@ class BM25Index:
         idx = np.concatenate([self.indices[s:e] for s, e in spans])
         w = np.concatenate([self.data[s:e] for s, e in spans])
         n = self.num_docs
-        check_rows(self.folder or Path("."), "indices.npy", idx, n)  # a corrupt file must not index past n
+        # row numbers come from indices.npy: both paths check them against [0, n) for free (a sorted
+        # unique array's ends; bincount's length and its refusal of negatives)
         if total * 8 < n:  # few postings: work on the candidate rows only
             rows, inv = np.unique(idx, return_inverse=True)
+            if rows[0] < 0 or rows[-1] >= n:
+                self._bad_rows(n)
             scores = np.bincount(inv, weights=w, minlength=len(rows))
             pos = scores > 0
             rows, scores = rows[pos], scores[pos]
         else:  # many postings: one dense accumulator is cheaper than sorting them
-            dense = np.bincount(idx, weights=w, minlength=n)
+            try:
+                dense = np.bincount(idx, weights=w, minlength=n)
+            except ValueError:
+                self._bad_rows(n)
+            if len(dense) != n:
+                self._bad_rows(n)
             rows = np.flatnonzero(dense > 0)
             scores = dense[rows]
         if self.nonoccurrence is not None:  # bm25l / bm25+: the tfc(0) part every document gets
@@ -144,6 +152,9 @@ class BM25Index:
             rows, scores = rows[sel], scores[sel]
         o = np.lexsort((self.order[rows], -scores))
         return rows[o].astype(np.int64), scores[o]
+
+    def _bad_rows(self, n: int) -> None:
+        check_rows(self.folder or Path("."), "indices.npy", np.array([-1]), n)
 
     def text(self, row: int) -> str | None:
         if self.texts is not None:

@@ -221,3 +221,17 @@ def test_cli_reports_corruption_as_one_line_exit_1(tmp_path, capsys):
     assert main(["run", str(f), "cats"]) == 1
     err = capsys.readouterr().err
     assert "texts.bin" in err and "rebuild" in err.lower() and "unexpected" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("bad", [-1, 60, 10_000])
+def test_row_numbers_are_checked_on_both_search_paths(bm25, bad):
+    idx = BM25Index.load(bm25, verify="off", mmap=False)
+    counts = np.diff(idx.indptr)
+    rare, common = int(np.argmin(counts)), int(np.argmax(counts))
+    assert counts[rare] * 8 < idx.num_docs <= counts[common] * 8  # one query per path
+    for term in (rare, common):
+        ind = idx.indices.copy()
+        ind[idx.indptr[term]] = bad
+        broken = BM25Index(**{**idx.__dict__, "indices": ind})
+        with pytest.raises(IndexArtifactError, match="indices.npy: row number out of range"):
+            broken.search([term], 10)
