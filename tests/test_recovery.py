@@ -183,3 +183,29 @@ def test_indexes_built_without_a_corpus_record_are_not_compared(tmp_path):
     with pytest.raises(IndexArtifactError, match="different corpora"):
         Pipeline([RRF(retrievers=[BM25Retriever(index=str(tmp_path / "a")),
                                   BM25Retriever(index=str(tmp_path / "b"))])]).run("cats")
+
+
+def test_agreement_check_sees_an_index_rolled_back_at_load(tmp_path):
+    """A two-indexer pipeline whose dense swap was killed between its renames: the dense index is
+    rolled back to the old corpus at load, and the pipeline then refuses the mix."""
+    f = tmp_path / "p.yaml"
+    f.write_text(PIPE)
+    _write_corpus(tmp_path / "corpus.jsonl", 20)
+    assert main(["index", str(f), "-q"]) == 0
+    _write_corpus(tmp_path / "corpus.jsonl", 30)
+    _killed("""
+        import os, signal
+        import ragkit.artifacts as a
+        a.USE_EXCHANGE = False
+        def crash(point):
+            if point == "between-renames" and "dense" in str(os.listdir("indexes")):
+                if not os.path.exists("indexes/dense"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+        a._crash_point = crash
+        from ragkit import Pipeline
+        Pipeline.from_yaml("p.yaml").build_index(progress=False)
+    """, tmp_path)
+    assert not (tmp_path / "indexes" / "dense").exists()
+    with pytest.raises(IndexArtifactError, match="different corpora"):
+        Pipeline.from_yaml(f).run("cats")
+    assert (tmp_path / "indexes" / "dense" / "params.json").exists() and _litter(tmp_path / "indexes") == []
