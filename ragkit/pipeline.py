@@ -139,6 +139,11 @@ class Pipeline:
         indexes only the files/records that changed since the last build (a manifest is kept in
         each index folder), provided every indexer supports ``update_index(chunks, removed_doc_ids)``;
         otherwise everything is rebuilt.
+
+        Before any work, every indexer's folder is checked (:func:`ragkit.artifacts.check_target`):
+        only a new or empty folder or a ragkit index of the same kind is replaced, never the
+        pipeline file's folder, the corpus or a folder above them. Each index records the corpus
+        it was built from, so that :meth:`setup` can refuse indexes built from different corpora.
         """
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
