@@ -51,8 +51,13 @@ def _litter(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.mark.parametrize("exchange,point", [(False, "between-renames"), (False, "after-swap"),
-                                            (False, "before-swap"), (True, "after-swap"), (True, "before-swap")])
+SLOW = pytest.mark.slow  # each trial starts a Python process (about 1.5 s); the fast tier keeps the key ones
+
+
+@pytest.mark.parametrize("exchange,point", [(False, "between-renames"), (True, "after-swap"),
+                                            pytest.param(False, "after-swap", marks=SLOW),
+                                            pytest.param(False, "before-swap", marks=SLOW),
+                                            pytest.param(True, "before-swap", marks=SLOW)])
 def test_a_build_killed_while_replacing_the_index_is_recovered_at_load(tmp_path, exchange, point):
     BM25Indexer(path=str(tmp_path / "idx"))(docs(10))
     _killed(KILL_AT.format(exchange=exchange, point=point), tmp_path)
@@ -64,7 +69,7 @@ def test_a_build_killed_while_replacing_the_index_is_recovered_at_load(tmp_path,
     assert _litter(tmp_path) == []
 
 
-@pytest.mark.parametrize("exchange", [False, True])
+@pytest.mark.parametrize("exchange", [False, pytest.param(True, marks=SLOW)])
 def test_the_next_build_recovers_and_cleans_up(tmp_path, exchange):
     BM25Indexer(path=str(tmp_path / "idx"))(docs(10))
     _killed(KILL_AT.format(exchange=exchange, point="between-renames" if not exchange else "after-swap"), tmp_path)
