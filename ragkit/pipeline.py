@@ -317,8 +317,7 @@ def check_indexes_agree(stages: Sequence[Stage], base_dir: Path | None) -> None:
         if not isinstance(index, str) or not index or not s.key.startswith("retriever."):
             continue
         folder = resolve_path(index, getattr(s, "_base_dir", None) or base_dir)
-        if not folder.exists():
-            recover(folder)  # a build killed while swapping this index in: roll back first
+        recover(folder)  # a build killed while swapping this index in: roll back, clean up first
         try:
             corpus = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8")).get("corpus")
         except (OSError, ValueError, AttributeError):
