@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.artifacts import DocStore, atomic_folder, content_hash, load_array, read_params, write_params
+from ragkit.artifacts import DocStore, artifact_errors, atomic_folder, content_hash, load_array, read_params, \
+    write_params
 from ragkit.errors import ConfigError, IndexArtifactError, MissingDependencyError, StageInputError
 
 INDEX_FILE = "index.faiss"
@@ -99,6 +100,7 @@ class DenseIndex:
         self.deleted = np.zeros(0, np.int64) if deleted is None else np.asarray(deleted, np.int64)
         self._gpu = None
         self._selector = None
+        self.folder: Path | None = None
 
     # -- basic properties ------------------------------------------------------------------------
     @property
@@ -145,7 +147,7 @@ class DenseIndex:
         texts = self.all_texts()
         self.params["content_hash"] = content_hash(zip(self.chunk_ids, self.doc_ids, texts))
         self.params["count"] = len(self)
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, self.params.get("stage")) as tmp:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             np.save(tmp / "ids.npy", self.ids)
             np.save(tmp / "deleted.npy", self.deleted)
@@ -153,31 +155,40 @@ class DenseIndex:
             write_params(tmp, self.params)
 
     @classmethod
-    def load(cls, folder: str | Path, *, expect_key: str = "indexer.dense", mmap: bool = False) -> "DenseIndex":
+    def load(cls, folder: str | Path, *, expect_key: str = "indexer.dense", mmap: bool = False,
+             verify: str | None = None) -> "DenseIndex":
+        """Read an index folder, verified first (``verify``: fast, full or off; see
+        :func:`ragkit.artifacts.verify_files`) so that faiss never parses a damaged header."""
         faiss = _faiss()
         folder = Path(folder)
-        params = read_params(folder, expect_key=expect_key)
+        params = read_params(folder, expect_key=expect_key, verify=verify, required=("dim", "index_type"))
         f = folder / INDEX_FILE
         if not f.exists():
-            raise IndexArtifactError(f"{folder}: {INDEX_FILE} is missing; rebuild the index.")
+            raise IndexArtifactError(f"{f}: missing; rebuild the index.")
         try:
             if mmap:
                 index = faiss.read_index(str(f), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             else:
                 index = faiss.read_index(str(f))
-        except RuntimeError as exc:
-            raise IndexArtifactError(f"{f}: cannot read the faiss index ({str(exc).splitlines()[0]}); "
+        except (RuntimeError, MemoryError) as exc:
+            raise IndexArtifactError(f"{f}: cannot read the faiss index ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                                      f"rebuild the index.") from None
-        store = DocStore.load(folder)
-        ids = load_array(folder, "ids.npy")
-        deleted = load_array(folder, "deleted.npy") if (folder / "deleted.npy").exists() else None
-        if len(ids) != len(store) or index.ntotal != len(ids) + (0 if deleted is None else len(deleted)):
-            raise IndexArtifactError(f"{folder}: index is inconsistent ({index.ntotal} vectors, {len(ids)} ids, "
-                                     f"{len(store)} texts); rebuild it.")
-        if index.d != int(params.get("dim", -1)):
-            raise IndexArtifactError(f"{folder}: faiss index has dimension {index.d}, params.json says "
-                                     f"{params.get('dim')}; rebuild the index.")
-        return cls(index, params, ids, store.ids, store.doc_ids, store, store.titles, deleted)
+        with artifact_errors(folder, "dense index"):
+            store = DocStore.load(folder)
+            ids = load_array(folder, "ids.npy", dtype=np.int64)
+            deleted = load_array(folder, "deleted.npy", dtype=np.int64) if (folder / "deleted.npy").exists() else None
+            if len(ids) != len(store) or index.ntotal != len(ids) + (0 if deleted is None else len(deleted)):
+                raise IndexArtifactError(f"{folder}: index is inconsistent ({index.ntotal} vectors, {len(ids)} ids, "
+                                         f"{len(store)} texts); rebuild it.")
+            if len(ids) and (int(ids[0]) < 0 or bool(np.any(np.diff(ids) <= 0))):
+                raise IndexArtifactError(f"{folder / 'ids.npy'}: ids are not increasing and non-negative; the file "
+                                         f"is corrupt. Rebuild the index.")
+            if index.d != int(params.get("dim", -1)):
+                raise IndexArtifactError(f"{folder}: faiss index has dimension {index.d}, params.json says "
+                                         f"{params.get('dim')}; rebuild the index.")
+            out = cls(index, params, ids, store.ids, store.doc_ids, store, store.titles, deleted)
+        out.folder = folder
+        return out
 
     # -- updates ---------------------------------------------------------------------------------
     def add(self, vecs: np.ndarray, chunk_ids: list[str], doc_ids: list[str], texts: list[str],
@@ -308,7 +319,10 @@ class DenseIndex:
                 params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.params.get("nprobe", 1)))
             scores, labels = self.index.search(q, k, params=params)
         rows = np.searchsorted(self.ids, labels)
-        rows = np.where((labels >= 0) & (rows < len(self.ids)), rows, -1)
-        valid = rows >= 0
-        rows[valid] = np.where(self.ids[rows[valid]] == labels[valid], rows[valid], -1)
-        return scores, rows
+        found = (labels >= 0) & (rows < len(self.ids))
+        found[found] = self.ids[rows[found]] == labels[found]
+        if bool(np.any(found != (labels >= 0))):  # faiss returned an id the index does not hold
+            where = self.folder / INDEX_FILE if self.folder else INDEX_FILE
+            raise IndexArtifactError(f"{where}: the faiss index returned vector ids that ids.npy does not hold; "
+                                     f"one of the two files is corrupt. Rebuild the index.")
+        return scores, np.where(found, rows, -1)

@@ -54,8 +54,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ragkit.artifacts import DocStore, atomic_folder, content_hash, load_array, read_params, resolve_path, \
-    write_params
+from ragkit.artifacts import DocStore, artifact_errors, atomic_folder, check_path_param, check_rows, content_hash, load_array, \
+    read_params, resolve_path, write_params
 from ragkit.errors import ConfigError, IndexArtifactError, StageInputError
 from ragkit.records import Chunk, Document, as_chunks
 from ragkit.registry import register
@@ -67,6 +67,7 @@ KEY = "indexer.bm25"
 FORMAT = 1
 Method = Literal["lucene", "robertson", "atire", "bm25l", "bm25+"]
 ARRAYS = ("data.npy", "indices.npy", "indptr.npy", "order.npy")
+DTYPES = (np.float32, np.int32, np.int64, np.int32)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class BM25Index:
     titles: list[str | None] | None = None
     docstore: DocStore | None = None
     vocab_ids: dict[str, int] = field(default_factory=dict)
+    folder: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.vocab_ids:
@@ -118,13 +120,22 @@ class BM25Index:
         idx = np.concatenate([self.indices[s:e] for s, e in spans])
         w = np.concatenate([self.data[s:e] for s, e in spans])
         n = self.num_docs
+        # row numbers come from indices.npy: both paths check them against [0, n) for free (a sorted
+        # unique array's ends; bincount's length and its refusal of negatives)
         if total * 8 < n:  # few postings: work on the candidate rows only
             rows, inv = np.unique(idx, return_inverse=True)
+            if rows[0] < 0 or rows[-1] >= n:
+                self._bad_rows(n)
             scores = np.bincount(inv, weights=w, minlength=len(rows))
             pos = scores > 0
             rows, scores = rows[pos], scores[pos]
         else:  # many postings: one dense accumulator is cheaper than sorting them
-            dense = np.bincount(idx, weights=w, minlength=n)
+            try:
+                dense = np.bincount(idx, weights=w, minlength=n)
+            except ValueError:
+                self._bad_rows(n)
+            if len(dense) != n:
+                self._bad_rows(n)
             rows = np.flatnonzero(dense > 0)
             scores = dense[rows]
         if self.nonoccurrence is not None:  # bm25l / bm25+: the tfc(0) part every document gets
@@ -142,6 +153,9 @@ class BM25Index:
         o = np.lexsort((self.order[rows], -scores))
         return rows[o].astype(np.int64), scores[o]
 
+    def _bad_rows(self, n: int) -> None:
+        check_rows(self.folder or Path("."), "indices.npy", np.array([-1]), n)
+
     def text(self, row: int) -> str | None:
         if self.texts is not None:
             return self.texts[row]
@@ -155,7 +169,7 @@ class BM25Index:
     def save(self, folder: str | Path) -> None:
         """Write the index folder atomically (replacing an older index only on success)."""
         folder = Path(folder)
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, KEY) as tmp:
             np.save(tmp / "data.npy", self.data)
             np.save(tmp / "indices.npy", self.indices)
             np.save(tmp / "indptr.npy", self.indptr)
@@ -169,20 +183,40 @@ class BM25Index:
             write_params(tmp, self.params)
 
     @classmethod
-    def load(cls, folder: str | Path, mmap: bool = True) -> "BM25Index":
-        """Read an index folder; errors name the folder and say to rebuild."""
+    def load(cls, folder: str | Path, mmap: bool = True, verify: str | None = None) -> "BM25Index":
+        """Read an index folder; errors name the file and say to rebuild.
+
+        ``verify``: ``fast`` (default, or ``$RAGKIT_VERIFY``), ``full`` or ``off`` (see
+        :func:`ragkit.artifacts.verify_files`). Structure is checked either way: dtypes, lengths,
+        column pointers, the tie-break permutation and text offsets (row numbers in
+        ``indices.npy`` are checked per query, on the postings each query reads).
+        """
         folder = Path(folder)
-        params = read_params(folder, expect_key=KEY)
+        params = read_params(folder, expect_key=KEY, verify=verify,
+                             required=("format", "method", "num_docs", "vocab_size", "nnz", "tokenizer"))
+        with artifact_errors(folder, "BM25 index"):
+            return cls._load(folder, params, mmap)
+
+    @classmethod
+    def _load(cls, folder: Path, params: dict[str, Any], mmap: bool) -> "BM25Index":
         if params.get("format") != FORMAT:
             raise IndexArtifactError(f"{folder}: BM25 index format {params.get('format')!r}, this ragkit reads "
                                      f"format {FORMAT}; rebuild the index.")
-        arrays = [_plain(load_array(folder, a, mmap=mmap)) for a in ARRAYS]
-        nonocc = _plain(load_array(folder, "nonoccurrence.npy", mmap=mmap)) \
+        if not isinstance(params["tokenizer"], dict) or not all(isinstance(params[k], int) and params[k] >= 0
+                                                                for k in ("num_docs", "vocab_size", "nnz")):
+            raise IndexArtifactError(f"{folder / 'params.json'}: corrupt BM25 parameters (tokenizer or counts); "
+                                     f"rebuild the index.")
+        TokenizerConfig.from_dict(params["tokenizer"])
+        arrays = [_plain(load_array(folder, a, mmap=mmap, dtype=dt)) for a, dt in zip(ARRAYS, DTYPES)]
+        nonocc = _plain(load_array(folder, "nonoccurrence.npy", mmap=mmap, dtype=np.float32)) \
             if params["method"] in ("bm25l", "bm25+") else None
+        vf = folder / "vocab.json"
         try:
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexArtifactError(f"{folder}: missing or corrupt vocab.json ({exc}); rebuild the index.") from None
+            vocab = json.loads(vf.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise IndexArtifactError(f"{vf}: missing or corrupt ({exc}); rebuild the index.") from None
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise IndexArtifactError(f"{vf}: corrupt vocabulary (expected a list of terms); rebuild the index.")
         store = DocStore.load(folder)
         data, indices, indptr, order = arrays
         n, v, nnz = params.get("num_docs"), params.get("vocab_size"), params.get("nnz")
@@ -195,8 +229,14 @@ class BM25Index:
             problems.append(f"{len(data)} scores / {len(indices)} rows for {nnz} entries")
         if problems:
             raise IndexArtifactError(f"{folder}: corrupt BM25 index ({'; '.join(problems)}); rebuild the index.")
+        if len(indptr) and (int(indptr[0]) != 0 or bool(np.any(np.diff(indptr) < 0))):
+            raise IndexArtifactError(f"{folder / 'indptr.npy'}: column pointers are not increasing from 0; the "
+                                     f"file is corrupt. Rebuild the index.")
+        if n and (int(order.min()) < 0 or int(order.max()) >= n or np.bincount(order, minlength=n).max() != 1):
+            raise IndexArtifactError(f"{folder / 'order.npy'}: not a permutation of the {n} rows; the file is "
+                                     f"corrupt. Rebuild the index.")
         return cls(params, data, indices, indptr, nonocc, vocab, order, store.ids, store.doc_ids,
-                   titles=store.titles, docstore=store)
+                   titles=store.titles, docstore=store, folder=folder)
 
 
 def _plain(a: np.ndarray) -> np.ndarray:
@@ -293,6 +333,7 @@ class BM25Indexer(Stage):
     output_kind = CHUNKS
 
     def validate(self) -> None:
+        check_path_param(self.key, self.path)
         validate_pattern(self.key, self.token_pattern)
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from ragkit.artifacts import resolve_path
+from ragkit.artifacts import check_path_param, resolve_path
 from ragkit.errors import ConfigError, IndexArtifactError, StageInputError
 from ragkit.records import Chunk
 from ragkit.registry import register
@@ -62,6 +62,7 @@ class DenseIndexer(Stage):
     output_kind = CHUNKS
 
     def validate(self) -> None:
+        check_path_param(self.key, self.path)
         if self.index_type in ("ivf", "ivfpq") and self.nlist and self.nprobe > self.nlist:
             raise ConfigError(f"'{STAGE_KEY}': parameter 'nprobe' is {self.nprobe}, larger than nlist={self.nlist}; "
                               f"nprobe must be <= nlist.")

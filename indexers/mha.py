@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ragkit.artifacts import DocStore, atomic_folder, cache_dir, content_hash, resolve_path, write_params
+from ragkit.artifacts import DocStore, atomic_folder, check_path_param, cache_dir, content_hash, resolve_path, write_params
 from ragkit.errors import StageInputError
 from ragkit.records import Chunk
 from ragkit.registry import register
@@ -50,6 +50,9 @@ class MHAIndexer(Stage):
 
     input_kind = CHUNKS
     output_kind = CHUNKS
+
+    def validate(self) -> None:
+        check_path_param(self.key, self.path)
 
     def embedder(self):
         emb = self.__dict__.get("_emb")
@@ -111,7 +114,7 @@ class MHAIndexer(Stage):
                                  "seed": self.seed},
                   "content_hash": content_hash(zip(ids, (c.doc_id for c in batch), texts))}
         folder = resolve_path(self.path, self.__dict__.get("_base_dir"))
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, STAGE_KEY) as tmp:
             for i in range(emb.num_heads):
                 x = np.ascontiguousarray(embs[:, i, :], dtype=np.float32)
                 if self.normalize:
@@ -122,3 +125,7 @@ class MHAIndexer(Stage):
             DocStore.write(tmp, ids, [c.doc_id for c in batch], texts, [c.meta.get("title") for c in batch])
             write_params(tmp, params)
         return batch
+
+    def index_folder(self) -> Path:
+        """The folder this indexer writes (Pipeline.build_index checks it before building)."""
+        return resolve_path(self.path, self.__dict__.get("_base_dir"))

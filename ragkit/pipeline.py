@@ -79,6 +79,9 @@ class Pipeline:
     def setup(self) -> "Pipeline":
         for s in self.index_stages + self.stages:
             s.__dict__["_base_dir"] = self.base_dir
+        if not self.__dict__.get("_indexes_checked"):
+            check_indexes_agree(self.stages, self.base_dir)
+            self.__dict__["_indexes_checked"] = True
         for s in self.stages:
             s.setup()
         return self
@@ -136,13 +139,25 @@ class Pipeline:
         indexes only the files/records that changed since the last build (a manifest is kept in
         each index folder), provided every indexer supports ``update_index(chunks, removed_doc_ids)``;
         otherwise everything is rebuilt.
+
+        Before any work, every indexer's folder is checked (:func:`ragkit.artifacts.check_target`):
+        only a new or empty folder or a ragkit index of the same kind is replaced, never the
+        pipeline file's folder, the corpus or a folder above them. Each index records the corpus
+        it was built from, so that :meth:`setup` can refuse indexes built from different corpora.
         """
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
+        from .artifacts import build_context, check_target, corpus_record
+
+        self.__dict__.pop("_indexes_checked", None)
         for s in self.index_stages:
             s.__dict__["_base_dir"] = self.base_dir
             s.__dict__["_progress"] = progress
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
+        protect = self._protected_paths()
+        with build_context(protect=protect):
+            for s in indexers:  # refuse a bad index path before any work is done
+                check_target(s.index_folder(), s.key, what=f"index folder of '{s.key}'")
         previous = None
         if documents is None:
             if self.corpus is None:
@@ -157,14 +172,26 @@ class Pipeline:
             if previous is not None:
                 inc = read_corpus_incremental(self.corpus, base_dir=self.base_dir, previous_manifest=previous,
                                               progress=progress)
-                return self._update_index(inc, indexers)
+                with build_context(protect=protect, corpus=corpus_record(inc.manifest)):
+                    return self._update_index(inc, indexers)
             documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
-        stats = self._run_index_stages(documents, self.index_stages)
         manifest = getattr(documents, "manifest", None)
-        if manifest is not None:
-            for s in indexers:
-                manifest.save(s.index_folder())
-        return stats
+        if manifest is None:
+            documents = list(documents)
+        corpus = corpus_record(manifest, None if manifest is not None else documents)
+        with build_context(protect=protect, corpus=corpus):
+            return self._run_index_stages(documents, self.index_stages)
+
+    def _protected_paths(self) -> list[tuple[Path, str]]:
+        """Folders an index may never replace: the pipeline file's folder and the corpus."""
+        out = []
+        if self.base_dir is not None:
+            out.append((Path(self.base_dir), "the folder holding the pipeline file"))
+        if self.corpus is not None and self.corpus.path:
+            from .artifacts import resolve_path
+
+            out.append((resolve_path(self.corpus.path, self.base_dir), "the corpus (corpus: path)"))
+        return out
 
     def _run_index_stages(self, documents: Iterable[Any], stages: list[Stage]) -> dict:
         report = getattr(documents, "report", None)
@@ -202,8 +229,9 @@ class Pipeline:
                     batch = s(batch)
                 stats[f"#{i + 1} {s.key} s"] = round(time.perf_counter() - t0, 4)
             stats["chunks"] = len(batch)
-        for s in indexers:
-            inc.manifest.save(s.index_folder())
+        else:  # nothing changed: the indexes stay; only the manifest's file times are refreshed
+            for s in indexers:
+                inc.manifest.save(s.index_folder())
         return stats
 
     # -- YAML ----------------------------------------------------------------------------------
@@ -259,6 +287,49 @@ class Pipeline:
         parts = parse_pipeline_dict(data, "<dict>", Located(data))
         return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"], evaluation=parts["eval"],
                    name=parts["name"], description=parts["description"], base_dir=base_dir)
+
+
+def _walk(stages: Iterable[Any]) -> Iterable[Stage]:
+    """Every stage, and every stage nested in a stage's parameters (fusion's retrievers)."""
+    for s in stages:
+        if isinstance(s, Stage):
+            yield s
+            for name in s.param_names():
+                v = getattr(s, name)
+                yield from _walk(v if isinstance(v, (list, tuple)) else [v])
+
+
+def check_indexes_agree(stages: Sequence[Stage], base_dir: Path | None) -> None:
+    """Raise IndexArtifactError when the retrievers' indexes were built from different corpora.
+
+    Each index built by ``Pipeline.build_index`` records the corpus it came from (``corpus`` in
+    its params.json: a hash of the corpus manifest and the document count). Indexes built
+    another way carry no record and are not compared. Reads only the params files (cheap).
+    """
+    import json
+
+    from .artifacts import PARAMS_FILE, recover, resolve_path
+    from .errors import IndexArtifactError
+
+    seen: dict[str, tuple[Path, dict]] = {}
+    for s in _walk(stages):
+        index = getattr(s, "index", None)
+        if not isinstance(index, str) or not index or not s.key.startswith("retriever."):
+            continue
+        folder = resolve_path(index, getattr(s, "_base_dir", None) or base_dir)
+        recover(folder)  # a build killed while swapping this index in: roll back, clean up first
+        try:
+            corpus = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8")).get("corpus")
+        except (OSError, ValueError, AttributeError):
+            continue  # missing or corrupt: the retriever's own load reports it
+        if isinstance(corpus, dict) and isinstance(corpus.get("id"), str):
+            seen.setdefault(corpus["id"], (folder, corpus))
+    if len(seen) > 1:
+        parts = [f"{folder} from a corpus of {c.get('documents', '?')} documents (id {cid[:12]})"
+                 for cid, (folder, c) in seen.items()]
+        raise IndexArtifactError("the pipeline's indexes were built from different corpora: " + "; ".join(parts)
+                                 + ". A build was interrupted between its indexers, or the indexes come from "
+                                 "different builds; rebuild them together (`ragkit index PIPELINE.yaml`).")
 
 
 def _flatten(stages: Sequence[Any]) -> list[Stage]:

@@ -11,7 +11,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from ragkit.artifacts import DocStore, resolve_path, read_params
+from ragkit.artifacts import DocStore, artifact_errors, read_params, resolve_path
 from ragkit.errors import IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
@@ -55,10 +55,16 @@ class MHARetriever(Retriever):
         faiss = require("faiss", "multi-head retrieval")
         base = self.__dict__.get("_base_dir")
         folder = resolve_path(self.index, base)
-        p = read_params(folder, expect_key=INDEX_KEY)
-        name = p["model_id"][5:] if p["model_id"].startswith("path:") else p["model"]
-        emb = MultiHeadEmbedder(name, layer=int(p["layer"]), pooling=p["pooling"], device=self.device,
-                                batch_size=self.batch_size, max_length=int(p["max_length"]), base_dir=base)
+        p = read_params(folder, expect_key=INDEX_KEY, required=("model", "model_id", "layer", "pooling", "max_length",
+                                                                "num_heads", "head_dim", "count", "importance"))
+        with artifact_errors(folder / "params.json", "multi-head index parameters"):
+            name = p["model_id"][5:] if p["model_id"].startswith("path:") else p["model"]
+            layer, pooling, max_length = int(p["layer"]), str(p["pooling"]), int(p["max_length"])
+            s = np.asarray(p["importance"]["s"], dtype=np.float64)
+            if s.shape != (int(p["num_heads"]),) or not np.all(np.isfinite(s)):
+                raise ValueError(f"{len(s)} head importance scores for {p['num_heads']} heads")
+        emb = MultiHeadEmbedder(name, layer=layer, pooling=pooling, device=self.device,
+                                batch_size=self.batch_size, max_length=max_length, base_dir=base)
         if emb.model_id != p["model_id"]:
             raise IndexArtifactError(f"{folder}: index was built with model {p['model_id']!r}, but {name!r} "
                                      f"resolves to {emb.model_id!r} here. Rebuild the index.")
@@ -70,18 +76,21 @@ class MHARetriever(Retriever):
             f = folder / head_file(i)
             try:
                 idx = faiss.read_index(str(f))
-            except RuntimeError:
+            except (RuntimeError, MemoryError):
                 raise IndexArtifactError(f"{f}: missing or corrupt head index; rebuild the index.") from None
             if idx.d != emb.head_dim or idx.ntotal != int(p["count"]):
                 raise IndexArtifactError(f"{f}: head index has {idx.ntotal} x {idx.d}, expected "
                                          f"{p['count']} x {emb.head_dim}; rebuild the index.")
             heads.append(idx)
-        s = np.asarray(p["importance"]["s"], dtype=np.float64)
         object.__setattr__(self, "_p", p)
         object.__setattr__(self, "_emb", emb)
         object.__setattr__(self, "_heads", heads)
         object.__setattr__(self, "_s", s if self.importance == "paper" else np.ones_like(s))
-        object.__setattr__(self, "_store", DocStore.load(folder))
+        store = DocStore.load(folder)
+        if len(store) != int(p["count"]):
+            raise IndexArtifactError(f"{folder}: document store holds {len(store)} passages, the head indexes "
+                                     f"{p['count']}; rebuild the index.")
+        object.__setattr__(self, "_store", store)
 
     def head_rankings(self, batch: list[Query], c: int) -> list[list[np.ndarray]]:
         """Per query, per head: the top-c docstore rows."""

@@ -229,6 +229,12 @@ def test_model_mismatch_and_dimension_mismatch(tmp_path):
     p = json.loads((path / "params.json").read_text())
     p.update(model="hash-64", model_id="ragkit/hash-64")
     (path / "params.json").write_text(json.dumps(p))
+    with pytest.raises(IndexArtifactError, match="params.json: the parameters were modified"):
+        DenseRetriever(index=str(path)).setup()
+    from ragkit.artifacts import _params_digest
+
+    p["params_sha256"] = _params_digest(p)  # an edit that also fixes the checksum reaches the dimension check
+    (path / "params.json").write_text(json.dumps(p))
     with pytest.raises(IndexArtifactError, match="dimension"):
         DenseRetriever(index=str(path)).setup()
     with pytest.raises(IndexArtifactError, match="update"):

@@ -245,3 +245,29 @@ def test_smollm2_mrag_end_to_end(tmp_path):
     assert p["module"].endswith("29.self_attn.o_proj")
     r = MHARetriever(index=str(tmp_path / "m"), k=6, text=True)([Query("q", "Rain in Spain falls mainly on the plain.")])[0]
     assert len(r.hits) == 6 and r.hits[0].chunk_id == "c3"  # the identical text gets every head's top vote
+
+
+def test_corrupt_mha_index_files_are_detected(tiny_bert, tmp_path):
+    """Issue 11: every file is checksummed; damaged heads, texts or params are IndexArtifactErrors."""
+    from ragkit.artifacts import _params_digest
+    from ragkit.errors import ConfigError, IndexArtifactError
+
+    chunks = [Chunk(f"c{i}", f"d{i // 2}", t, 0, len(t)) for i, t in enumerate(TEXTS)]
+    path = tmp_path / "mha"
+    MHAIndexer(path=str(path), model=str(tiny_bert))(chunks)
+    good = {f.name: f.read_bytes() for f in path.iterdir()}
+    for name in ("head_001.faiss", "texts.bin", "docstore.json", "text_offsets.npy"):
+        b = bytearray(good[name])
+        b[len(b) // 2] ^= 0x01
+        (path / name).write_bytes(bytes(b))
+        with pytest.raises(IndexArtifactError, match=name):
+            MHARetriever(index=str(path), k=3).setup()
+        (path / name).write_bytes(good[name])
+    p = json.loads(good["params.json"])
+    p["importance"]["s"] = p["importance"]["s"][:2]
+    p["params_sha256"] = _params_digest(p)  # a consistent-looking edit: caught by the shape check
+    (path / "params.json").write_text(json.dumps(p))
+    with pytest.raises(IndexArtifactError, match="params.json.*importance|head importance"):
+        MHARetriever(index=str(path), k=3).setup()
+    with pytest.raises(ConfigError, match="folder of its own"):
+        MHAIndexer(path=".", model=str(tiny_bert))
