@@ -81,9 +81,9 @@ class Located:
 
 # Limits that bound the work and memory of reading any pipeline file (docs/safety.md). A real
 # pipeline file is a few kB with a few hundred values and a nesting depth under 10.
-MAX_YAML_BYTES = 1 << 20  # 1 MiB of text
+MAX_YAML_BYTES = 64 * 1024  # characters of text (the shipped pipeline files are about 1 kB)
 MAX_YAML_DEPTH = 64  # nested mappings/lists, counted after aliases are expanded
-MAX_YAML_VALUES = 100_000  # values (scalars, mappings, lists), counted after aliases are expanded
+MAX_YAML_VALUES = 10_000  # values (scalars, mappings, lists), counted after aliases are expanded
 MAX_NUMBER_CHARS = 100  # the text of one number (ints over 10**99 or sexagesimal chains are refused)
 _SCALAR_TAGS = {"tag:yaml.org,2002:" + t: t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _MAP, _SEQ, _MERGE = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
@@ -102,10 +102,15 @@ class _BoundedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1
         try:
+            if self._nodes > MAX_YAML_VALUES:
+                raise _LimitError(self.peek_event().start_mark.line + 1,
+                                  f"more than {MAX_YAML_VALUES:,} values (a pipeline file has a few hundred).")
             if self._depth > MAX_YAML_DEPTH:
                 raise _LimitError(self.peek_event().start_mark.line + 1,
                                   f"nested deeper than {MAX_YAML_DEPTH} levels (a pipeline file needs a few).")
@@ -141,10 +146,16 @@ def load_yaml(text: str, file: str = "<string>") -> Located:
         node = _compose(text)
     except _LimitError as exc:
         raise ConfigError(f"{where(file, exc.line)}{exc.msg}") from None
+    except yaml.reader.ReaderError as exc:  # a control character such as NUL; it has a position, no mark
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\x00")
+        what = "NUL character (\\0)" if code == 0 else f"control character U+{code:04X}"
+        raise ConfigError(f"{where(file, line)}invalid YAML: a {what} is not allowed in a pipeline file.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise ConfigError(f"{where(file, line)}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where(file, line)}invalid YAML: {problem}") from None
     out = Located(None)
     if node is None:
         return out
