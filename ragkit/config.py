@@ -176,7 +176,7 @@ def load_yaml(text: str, file: str = "<string>") -> Located:
             raise fail(n, f"number too long ({len(n.value)} characters; the limit is {MAX_NUMBER_CHARS}).")
         try:
             value = constructor.construct_object(n, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (yaml.YAMLError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:
             raise fail(n, f"invalid {tag} value {n.value[:40]!r} ({getattr(exc, 'problem', None) or exc}).") from None
         if isinstance(value, str) and "\x00" in value:
             raise fail(n, "a NUL character (\\0) is not allowed in a value.")
