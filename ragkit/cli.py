@@ -392,9 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return 2
     if args.command in ("demo", "run", "eval"):
-        # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
-        # spin while waiting were seen to make SmolLM2's token-by-token decoding far slower when
-        # another process shared the 2 cores (an observation, not a benchmark kept in the repo).
+        # `import ragkit` already set it (a user's own setting wins); kept here in case the
+        # variable was removed since. OpenMP reads it when torch or FAISS loads, which is later.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args) or 0)
