@@ -263,6 +263,8 @@ class Pipeline:
     def _from_parts(cls, parts: dict, file: str, loc: Any, base_dir: Any) -> "Pipeline":
         """Build and check a whole pipeline; a chain that cannot run is a ConfigError at file:line."""
         try:
+            _check_chain(parts["pipeline"], QUERIES, "pipeline", True)  # the first problem in file order
+            _check_chain(parts["index"], DOCUMENTS, "index", True)
             p = cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"],
                     evaluation=parts["eval"], name=parts["name"], description=parts["description"],
                     base_dir=base_dir)
