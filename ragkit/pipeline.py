@@ -254,8 +254,10 @@ class Pipeline:
             file = str(source)
             text = read_text(source)
             base_dir = Path(source).resolve().parent
+        elif isinstance(source, str):
+            file, text, base_dir = "<string>", source, None
         else:
-            file, text, base_dir = "<string>", str(source), None
+            raise ConfigError(f"from_yaml() takes a file path (str or Path) or YAML text, got {_type_hint(source)}")
         loc = load_yaml(text, file)
         return cls._from_parts(parse_pipeline_dict(loc.value, file, loc), file, loc, base_dir)
 

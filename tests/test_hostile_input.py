@@ -169,6 +169,8 @@ def test_the_same_checks_from_python():
         Pipeline([BM25Retriever(index="i")], name="a\x00b")
     with pytest.raises(ConfigError, match=r"a NUL character is not allowed in a file name"):
         Pipeline.from_yaml("p\x00.yaml")
+    with pytest.raises(ConfigError, match=r"from_yaml\(\) takes a file path .* got bytes"):
+        Pipeline.from_yaml(b"version: 1\npipeline: []\n")
 
 
 @pytest.mark.parametrize("version", ["true", "1.0", "'1'", "[1]", "~"])
