@@ -1,12 +1,20 @@
 """ragkit: composable retrieval-augmented generation pipelines.
 
-``import ragkit`` is cheap and has no side effects: no network, no writes, no heavy
-libraries. Names below are imported on first use.
+``import ragkit`` is cheap: no network, no writes, no heavy libraries. Names below are
+imported on first use. Its one effect: unless the environment already sets
+``OMP_WAIT_POLICY``, it sets it to ``PASSIVE``, so that the OpenMP threads of torch and FAISS
+(loaded later) sleep instead of spinning while they wait; spinning threads made dense search
+over ten times slower on a busy machine (benchmarks/results/omp_wait_policy.md). OpenMP reads
+the variable once, when torch or FAISS is first imported: import ragkit first, or export
+``OMP_WAIT_POLICY=PASSIVE`` yourself (``OMP_WAIT_POLICY=ACTIVE`` keeps the spinning).
 """
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, DataError, PipelineError, RagkitError
+from .errors import ConfigError, DataError, ModelNotFoundError, PipelineError, RagkitError
 
 EPILOG = "Docs and examples: README.md. Exit codes: 0 ok, 2 usage/config error, 1 runtime error."
 
@@ -23,6 +23,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an int >= minimum (a bad value is a one-line usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or value > 2**31 - 1:
+            raise argparse.ArgumentTypeError(f"must be {'at least ' + str(minimum)} (and below 2**31), got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -316,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("query", nargs="*", help="the query text")
     sp.add_argument("--queries", "-f", metavar="FILE", help="file of queries ('-' = stdin)")
     sp.add_argument("--format", choices=["table", "jsonl"], help="output format (default: table on a terminal, else jsonl)")
-    sp.add_argument("--show", type=int, default=5, metavar="N", help="hits shown per query (default 5)")
-    sp.add_argument("--batch-size", type=int, default=32, metavar="N", help="queries per batch (default 32)")
+    sp.add_argument("--show", type=_count(0), default=5, metavar="N", help="hits shown per query (default 5)")
+    sp.add_argument("--batch-size", type=_count(1), default=32, metavar="N", help="queries per batch (default 32)")
     sp.add_argument("--stream", action="store_true", help="print answer tokens to stderr as they are generated")
 
     sp = add("eval", cmd_eval, "evaluate pipelines on a dataset (IR metrics, EM/F1, latency, significance)",
@@ -326,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pipelines", nargs="+", help="pipeline YAML file(s)")
     sp.add_argument("--dataset", "-d", help="dataset name or folder (default: the pipeline's eval.dataset)")
     sp.add_argument("--metrics", "-m", nargs="+", help="e.g. nDCG@10 RR@10 R@100 AP P@10 EM F1")
-    sp.add_argument("--max-queries", type=int, metavar="N", help="evaluate only the first N queries")
-    sp.add_argument("--batch-size", type=int, metavar="N", help="queries per batch (default 1: true per-query latency)")
+    sp.add_argument("--max-queries", type=_count(1), metavar="N", help="evaluate only the first N queries")
+    sp.add_argument("--batch-size", type=_count(1), metavar="N", help="queries per batch (default 1: true per-query latency)")
     sp.add_argument("--significance", choices=["ttest", "randomization", "both"], default="ttest",
                     help="paired test against the first pipeline (default ttest)")
     sp.add_argument("--save", metavar="FILE.json", help="save all results (incl. per-query values) as JSON")
@@ -343,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "index, query and evaluate the default pipeline (BM25 + SmolLM2 answers) on the bundled SQuAD sample")
     sp.add_argument("pipeline", nargs="?", help="pipeline file (default pipelines/default.yaml)")
-    sp.add_argument("-n", type=int, default=3, help="queries shown (default 3)")
-    sp.add_argument("--show", type=int, default=3, metavar="N", help="hits shown per query (default 3)")
+    sp.add_argument("-n", type=_count(1), default=3, help="queries shown (default 3)")
+    sp.add_argument("--show", type=_count(0), default=3, metavar="N", help="hits shown per query (default 3)")
 
     _mount_plugins(sub, add)
     return ap
@@ -376,9 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return 2
     if args.command in ("demo", "run", "eval"):
-        # Set before torch loads its OpenMP runtime (a user's own setting wins). OpenMP threads that
-        # spin while waiting were seen to make SmolLM2's token-by-token decoding far slower when
-        # another process shared the 2 cores (an observation, not a benchmark kept in the repo).
+        # `import ragkit` already set it (a user's own setting wins); kept here in case the
+        # variable was removed since. OpenMP reads it when torch or FAISS loads, which is later.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args) or 0)
@@ -390,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line unless --debug
         if args.debug:
             raise
-        code = 2 if isinstance(exc, (ConfigError, PipelineError)) else 1
+        code = 2 if isinstance(exc, (ConfigError, PipelineError, ModelNotFoundError)) else 1
         kind = "" if isinstance(exc, RagkitError) else f"{type(exc).__name__}: "
         msg = " ".join(str(exc).split("\n")) if not isinstance(exc, RagkitError) else str(exc)
         print(f"ragkit: error: {kind}{msg}", file=sys.stderr)

@@ -79,39 +79,140 @@ class Located:
         return self.lines.get(())
 
 
-def load_yaml(text: str, file: str = "<string>") -> Located:
+# Limits that bound the work and memory of reading any pipeline file (docs/safety.md). A real
+# pipeline file is a few kB with a few hundred values and a nesting depth under 10.
+MAX_YAML_BYTES = 64 * 1024  # characters of text (the shipped pipeline files are about 1 kB)
+MAX_YAML_DEPTH = 64  # nested mappings/lists, counted after aliases are expanded
+MAX_YAML_VALUES = 10_000  # values (scalars, mappings, lists), counted after aliases are expanded
+MAX_NUMBER_CHARS = 100  # the text of one number (ints over 10**99 or sexagesimal chains are refused)
+_SCALAR_TAGS = {"tag:yaml.org,2002:" + t: t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_MAP, _SEQ, _MERGE = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
+
+
+class _LimitError(Exception):
+    def __init__(self, line: int | None, msg: str) -> None:
+        super().__init__(msg)
+        self.line, self.msg = line, msg
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader whose composer refuses nesting deeper than MAX_YAML_DEPTH (its
+    composer is recursive, so 5,000 nested brackets used to end in RecursionError)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._nodes > MAX_YAML_VALUES:
+                raise _LimitError(self.peek_event().start_mark.line + 1,
+                                  f"more than {MAX_YAML_VALUES:,} values (a pipeline file has a few hundred).")
+            if self._depth > MAX_YAML_DEPTH:
+                raise _LimitError(self.peek_event().start_mark.line + 1,
+                                  f"nested deeper than {MAX_YAML_DEPTH} levels (a pipeline file needs a few).")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str) -> Any:
+    loader = _BoundedLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, file: str = "<string>") -> Located:
+    """Parse pipeline YAML into plain values with line numbers, within fixed limits.
+
+    Only plain YAML: mappings, lists and str/int/float/bool/null scalars (dates are read as
+    dates). Anchors and aliases work, but the values they expand to count against
+    MAX_YAML_VALUES and MAX_YAML_DEPTH, so a file of nested aliases ("billion laughs") or a
+    recursive alias stops with a ConfigError instead of eating memory. Merge keys (``<<``),
+    non-scalar keys, tags other than the plain ones and NUL characters are refused. Every
+    problem is a ConfigError naming ``file:line``.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{where(file)}pipeline YAML must be text (str), got {type(text).__name__}.")
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where(file)}pipeline file too large ({len(text):,} characters; the limit is "
+                          f"{MAX_YAML_BYTES:,}).")
+    try:
+        node = _compose(text)
+    except _LimitError as exc:
+        raise ConfigError(f"{where(file, exc.line)}{exc.msg}") from None
+    except yaml.reader.ReaderError as exc:  # a control character such as NUL; it has a position, no mark
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\x00")
+        what = "NUL character (\\0)" if code == 0 else f"control character U+{code:04X}"
+        raise ConfigError(f"{where(file, line)}invalid YAML: a {what} is not allowed in a pipeline file.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise ConfigError(f"{where(file, line)}invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where(file, line)}invalid YAML: {problem}") from None
     out = Located(None)
     if node is None:
         return out
     constructor = yaml.constructor.SafeConstructor()
+    count = [0]
+    active: set[int] = set()  # nodes being converted (an alias to one of them is a cycle)
 
-    std = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+    def fail(n: yaml.Node, msg: str) -> ConfigError:
+        return ConfigError(f"{where(file, n.start_mark.line + 1)}{msg}")
+
+    def scalar(n: yaml.Node) -> Any:
+        tag = _SCALAR_TAGS.get(n.tag)
+        if tag is None:
+            if n.tag == _MERGE:
+                raise fail(n, "merge keys (`<<`) are not supported; write the keys out.")
+            raise fail(n, f"tag {n.tag!r} is not allowed (plain YAML only: strings, numbers, true/false, null).")
+        if tag in ("int", "float") and len(n.value) > MAX_NUMBER_CHARS:
+            raise fail(n, f"number too long ({len(n.value)} characters; the limit is {MAX_NUMBER_CHARS}).")
+        try:
+            value = constructor.construct_object(n, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:
+            raise fail(n, f"invalid {tag} value {n.value[:40]!r} ({getattr(exc, 'problem', None) or exc}).") from None
+        if isinstance(value, str) and "\x00" in value:
+            raise fail(n, "a NUL character (\\0) is not allowed in a value.")
+        return value
 
     def conv(n: yaml.Node, path: tuple) -> Any:
+        count[0] += 1
+        if count[0] > MAX_YAML_VALUES:
+            raise fail(n, f"more than {MAX_YAML_VALUES:,} values once aliases are expanded (nested aliases?).")
+        if len(path) >= MAX_YAML_DEPTH:
+            raise fail(n, f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded.")
         out.lines[path] = n.start_mark.line + 1
-        if type(n) in std and n.tag != std[type(n)]:
-            raise ConfigError(f"{where(file, n.start_mark.line + 1)}tag {n.tag!r} is not allowed (plain YAML only).")
         if isinstance(n, yaml.ScalarNode):
-            try:
-                return constructor.construct_object(n, deep=True)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{where(file, n.start_mark.line + 1)}invalid YAML: {exc.problem}") from None
-        if isinstance(n, yaml.MappingNode):
-            d: dict = {}
-            for kn, vn in n.value:
-                k = constructor.construct_object(kn, deep=True)
-                if k in d:
-                    raise ConfigError(f"{where(file, kn.start_mark.line + 1)}duplicate key '{k}'.")
-                d[k] = conv(vn, path + (k,))
-                out.lines.setdefault(path + (k,), kn.start_mark.line + 1)
-            return d
-        return [conv(x, path + (i,)) for i, x in enumerate(n.value)]
+            return scalar(n)
+        if id(n) in active:
+            raise fail(n, "recursive alias (a value that contains itself).")
+        if n.tag != (_MAP if isinstance(n, yaml.MappingNode) else _SEQ):
+            raise fail(n, f"tag {n.tag!r} is not allowed (plain YAML only).")
+        active.add(id(n))
+        try:
+            if isinstance(n, yaml.MappingNode):
+                d: dict = {}
+                for kn, vn in n.value:
+                    if not isinstance(kn, yaml.ScalarNode):
+                        raise fail(kn, "a key must be a plain value, not a mapping or list (`? [..]`).")
+                    if kn.tag == _MERGE:
+                        raise fail(kn, "merge keys (`<<`) are not supported; write the keys out.")
+                    k = scalar(kn)
+                    if k in d:
+                        raise fail(kn, f"duplicate key '{k}'.")
+                    d[k] = conv(vn, path + (k,))
+                    out.lines.setdefault(path + (k,), kn.start_mark.line + 1)
+                return d
+            return [conv(x, path + (i,)) for i, x in enumerate(n.value)]
+        finally:
+            active.discard(id(n))
 
     out.value = conv(node, ())
     return out
@@ -207,7 +308,7 @@ def parse_pipeline_dict(data: Any, file: str, loc: Located) -> dict:
     version = data.get("version")
     if version is None:
         raise ConfigError(f"{where(file, 1)}missing 'version: {CONFIG_VERSION}'.")
-    if version != CONFIG_VERSION:
+    if type(version) is not int or version != CONFIG_VERSION:  # `true` == 1 and `1.0` == 1 in Python
         raise ConfigError(f"{where(file, loc.line('version'))}unsupported version {version!r}; "
                           f"this ragkit reads version {CONFIG_VERSION}.")
     if "pipeline" not in data:
@@ -234,13 +335,26 @@ def parse_pipeline_dict(data: Any, file: str, loc: Located) -> dict:
 
 
 def read_text(path: str | Path) -> str:
+    """The text of a pipeline file, or a ConfigError naming the path (never an OSError)."""
+    if isinstance(path, str) and "\x00" in path:
+        raise ConfigError(f"{path!r}: a NUL character is not allowed in a file name.")
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: no such pipeline file.")
     try:
-        return p.read_text(encoding="utf-8")
+        if not p.exists():
+            raise ConfigError(f"{p}: no such pipeline file.")
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a folder; give a pipeline YAML file (e.g. {p / 'pipeline.yaml'}).")
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES * 4:  # UTF-8: at most 4 bytes a character; load_yaml checks characters
+            raise ConfigError(f"{p}: pipeline file too large ({size:,} bytes; the limit is {MAX_YAML_BYTES:,} "
+                              f"characters).")
+        with p.open("rb") as fh:  # bounded even for a device or a file that grows
+            data = fh.read(MAX_YAML_BYTES * 4 + 1)
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}).") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the pipeline file ({exc.strerror or exc}).") from None
 
 
 __all__ = ["CorpusSpec", "EvalSpec", "load_yaml", "build_stage", "build_configurable", "stage_to_item",

@@ -310,7 +310,8 @@ class _Reader:
             return
         delimiter = "\t" if _inner_suffix(path) == ".tsv" else ","
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        # strict: a quote left open is an error at its row, not the rest of the file read as one field
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -330,6 +331,10 @@ class _Reader:
             except StopIteration:
                 break
             except csv.Error as exc:
+                if "end of data" in str(exc):  # EOF inside a quoted field
+                    self.bad(f"{name}:{prev + 1}", "unclosed quote: the quoted field that starts on this row "
+                                                   "runs to the end of the file (close it with \")")
+                    break
                 self.bad(f"{name}:{prev + 1}", f"broken CSV row ({exc})")
                 prev = reader.line_num
                 continue

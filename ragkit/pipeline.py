@@ -14,7 +14,7 @@ import yaml
 
 from .config import (CONFIG_VERSION, CorpusSpec, EvalSpec, load_yaml, parse_pipeline_dict, read_text,
                      stage_to_item)
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError, StageInputError, where
 from .records import Document, Query, as_chunks
 from .stage import ANSWERS, CHUNKS, DOCUMENTS, QUERIES, RANKINGS, Stage
 
@@ -35,6 +35,9 @@ class Pipeline:
         self.name = name
         self.description = description
         self.base_dir = Path(base_dir) if base_dir is not None else None
+        for label, text in (("name", name), ("description", description)):
+            if not isinstance(text, str) or "\x00" in text:
+                raise ConfigError(f"pipeline {label} must be a string without NUL characters, got {text!r:.60}")
         self.check()
 
     # -- composition ---------------------------------------------------------------------------
@@ -70,10 +73,16 @@ class Pipeline:
         return len(self.stages)
 
     # -- checking ------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Check kinds and needs/provides of adjacent stages, before anything loads."""
-        _check_chain(self.stages, QUERIES, "pipeline")
-        _check_chain(self.index_stages, DOCUMENTS, "index")
+    def check(self, complete: bool = False) -> None:
+        """Check kinds and needs/provides of adjacent stages, before anything loads.
+
+        With ``complete`` the chains must also start right: the query stages from queries (a
+        retriever first) and the index stages from documents or chunks. A fragment such as
+        ``OverlapReranker() % 2``, composed later behind a retriever, is not complete; a pipeline
+        read from a file, run or indexed must be.
+        """
+        _check_chain(self.stages, QUERIES, "pipeline", complete)
+        _check_chain(self.index_stages, DOCUMENTS, "index", complete)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> "Pipeline":
@@ -98,12 +107,15 @@ class Pipeline:
 
     def search(self, text: str) -> Any:
         """Run one query given as text; returns its ranking or answer."""
+        if not isinstance(text, str):
+            raise StageInputError(f"search() takes the query text as a str, got {_type_hint(text)}")
         return self.run([Query("q0", text)])[0]
 
     def run_timed(self, queries: Any) -> tuple[list[Any], dict[str, float]]:
         """Like :meth:`run`, also returning the seconds spent in each stage (keyed ``#i key``)."""
         if not self.stages:
             raise PipelineError("the pipeline has no query stages")
+        self.check(complete=True)
         batch: list[Any] = to_queries(queries)
         self.setup()
         times: dict[str, float] = {}
@@ -149,6 +161,7 @@ class Pipeline:
             raise PipelineError("the pipeline has no 'index:' stages")
         from .artifacts import build_context, check_target, corpus_record
 
+        self.check(complete=True)
         self.__dict__.pop("_indexes_checked", None)
         for s in self.index_stages:
             s.__dict__["_base_dir"] = self.base_dir
@@ -269,24 +282,35 @@ class Pipeline:
             file = str(source)
             text = read_text(source)
             base_dir = Path(source).resolve().parent
+        elif isinstance(source, str):
+            file, text, base_dir = "<string>", source, None
         else:
-            file, text, base_dir = "<string>", str(source), None
+            raise ConfigError(f"from_yaml() takes a file path (str or Path) or YAML text, got {_type_hint(source)}")
         loc = load_yaml(text, file)
-        parts = parse_pipeline_dict(loc.value, file, loc)
+        return cls._from_parts(parse_pipeline_dict(loc.value, file, loc), file, loc, base_dir)
+
+    @classmethod
+    def _from_parts(cls, parts: dict, file: str, loc: Any, base_dir: Any) -> "Pipeline":
+        """Build and check a whole pipeline; a chain that cannot run is a ConfigError at file:line."""
         try:
-            return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"],
-                       evaluation=parts["eval"], name=parts["name"], description=parts["description"],
-                       base_dir=base_dir)
+            _check_chain(parts["pipeline"], QUERIES, "pipeline", True)  # the first problem in file order
+            _check_chain(parts["index"], DOCUMENTS, "index", True)
+            p = cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"],
+                    evaluation=parts["eval"], name=parts["name"], description=parts["description"],
+                    base_dir=base_dir)
+            p.check(complete=True)
+            return p
         except PipelineError as exc:
-            raise PipelineError(f"{file}: {exc}") from None
+            at = getattr(exc, "at", None)
+            line = loc.line(*at) if at else None
+            raise ConfigError(f"{where(file, line or None)}{exc}") from None
 
     @classmethod
     def from_config(cls, data: dict, base_dir: str | Path | None = None) -> "Pipeline":
         from .config import Located
 
-        parts = parse_pipeline_dict(data, "<dict>", Located(data))
-        return cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"], evaluation=parts["eval"],
-                   name=parts["name"], description=parts["description"], base_dir=base_dir)
+        loc = Located(data)
+        return cls._from_parts(parse_pipeline_dict(data, "<dict>", loc), "<dict>", loc, base_dir)
 
 
 def _walk(stages: Iterable[Any]) -> Iterable[Stage]:
@@ -344,15 +368,27 @@ def _flatten(stages: Sequence[Any]) -> list[Stage]:
     return out
 
 
-def _check_chain(stages: list[Stage], first_kind: str, section: str) -> None:
+def _chain_error(msg: str, section: str, i: int) -> PipelineError:
+    exc = PipelineError(msg)
+    exc.at = (section, i)  # type: ignore[attr-defined]  # where in a pipeline file (for file:line)
+    return exc
+
+
+def _check_chain(stages: list[Stage], first_kind: str, section: str, complete: bool = False) -> None:
     fields: frozenset[str] | None = None
-    prev_kind = None
+    prev_kind = first_kind if complete else None
     for i, s in enumerate(stages):
-        label = f"{section} stage #{i + 1} '{s.key}'"
-        if prev_kind is not None and s.input_kind != prev_kind and not (s.input_kind == CHUNKS and prev_kind == DOCUMENTS):
-            raise PipelineError(f"{label} takes {s.input_kind} but the stage before it gives {prev_kind}.")
-        if i == 0 and s.input_kind == QUERIES:
-            fields = QUERY_FIELDS
+        label = f"{section} stage #{i + 1} '{s.key or type(s).__name__}'"
+        fits = s.input_kind == prev_kind or (s.input_kind == CHUNKS and prev_kind == DOCUMENTS)
+        if prev_kind is not None and not fits:
+            if i > 0:
+                raise _chain_error(f"{label} takes {s.input_kind} but the stage before it gives {prev_kind}.",
+                                   section, i)
+            fix = ("list chunkers and indexers under 'index:' and retrievers under 'pipeline:'"
+                   if section == "index" else
+                   "start with a retriever (or a stage that takes queries); 'index:' builds the indexes")
+            raise _chain_error(f"{label} takes {s.input_kind} but the {section} stages start from {first_kind}: "
+                               f"{fix}.", section, i)
         if s.input_kind == QUERIES:
             fields = QUERY_FIELDS
         if fields is not None:
@@ -360,23 +396,33 @@ def _check_chain(stages: list[Stage], first_kind: str, section: str) -> None:
             if missing:
                 need = ", ".join(f"`{m}`" for m in sorted(missing))
                 hint = (" Add `text: true` to the retriever." if "text" in missing else "")
-                raise PipelineError(f"{label} needs {need} on hits; upstream provides "
-                                    f"{', '.join(sorted(fields))}.{hint}")
+                raise _chain_error(f"{label} needs {need} on hits; upstream provides "
+                                   f"{', '.join(sorted(fields))}.{hint}", section, i)
             fields = fields | s.provides()
         prev_kind = s.output_kind
 
 
-def to_queries(queries: Any) -> list[Query]:
-    from .errors import StageInputError
+def _type_hint(x: Any) -> str:
+    if isinstance(x, (bytes, bytearray)):
+        return f"{type(x).__name__} {bytes(x[:30])!r}; decode it first, e.g. text.decode('utf-8')"
+    return f"{type(x).__name__} {x!r:.60}"
 
+
+def to_queries(queries: Any) -> list[Query]:
+    """A str, a Query, or an iterable of them (a list, tuple, generator) as a list of Queries."""
     if isinstance(queries, (str, Query)):
         queries = [queries]
+    elif isinstance(queries, (bytes, bytearray, dict)) or not isinstance(queries, Iterable):
+        raise StageInputError(f"queries must be a str, a Query or a list of them, got {_type_hint(queries)}"
+                              + (" (a dict's keys are not queries)" if isinstance(queries, dict) else ""))
     out = []
     for i, q in enumerate(queries):
         if isinstance(q, str):
             q = Query(f"q{i}", q)
         if not isinstance(q, Query):
-            raise StageInputError(f"query #{i + 1}: expected str or Query, got {type(q).__name__}")
+            raise StageInputError(f"query #{i + 1}: expected str or Query, got {_type_hint(q)}")
+        if not isinstance(q.text, str):
+            raise StageInputError(f"query #{i + 1} (qid {q.qid!r}): text must be a str, got {_type_hint(q.text)}")
         if not q.text or not q.text.strip():
             raise StageInputError(f"query #{i + 1} (qid {q.qid!r}): empty query text")
         out.append(q)

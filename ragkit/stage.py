@@ -9,6 +9,7 @@ configuration. Heavy state (models, indexes) is loaded in :meth:`Stage.setup`, n
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import types
 import typing
@@ -59,7 +60,7 @@ class ParamInfo:
         for op, v in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             bound = getattr(self, op)
             if bound is not None:
-                parts.append(f"{v} {bound:g}")
+                parts.append(f"{v} {bound}" if isinstance(bound, int) else f"{v} {bound:g}")
         return " and ".join(parts)
 
 
@@ -125,6 +126,28 @@ def check_value(value: Any, tp: Any) -> bool:
     return True
 
 
+MAX_INT_PARAM = 2**31 - 1  # an int parameter without its own upper bound is a 32-bit value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad_plain(value: Any, depth: int = 0) -> str:
+    """Why a parameter value is refused whatever its type: a non-finite float (``.inf``, ``.nan``)
+    or a string holding a NUL character, anywhere inside it; '' when it is fine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value!r}; numbers must be finite (not inf or nan)."
+    if isinstance(value, str) and "\x00" in value:
+        return "contains a NUL character (\\0), which no file name or text parameter may hold."
+    if depth < 32 and isinstance(value, (list, tuple)):
+        return next((b for b in (_bad_plain(v, depth + 1) for v in value) if b), "")
+    if depth < 32 and isinstance(value, dict):
+        return next((b for b in (_bad_plain(v, depth + 1) for kv in value.items() for v in kv) if b), "")
+    return ""
+
+
 class Configurable:
     """Base of everything configured by keyword-only plain values (stages, config sections)."""
 
@@ -171,13 +194,19 @@ class Configurable:
                 raise ConfigError(f"'{label}': parameter '{p.name}' is {value!r}; valid: "
                                   f"{', '.join(map(str, choices))}.{did_you_mean(str(value), map(str, choices))}")
             raise ConfigError(f"'{label}': parameter '{p.name}' must be {p.type_name()}, got "
-                              f"{type(value).__name__} {value!r}")
+                              f"{type(value).__name__} {_short(value)}")
+        bad = _bad_plain(value)
+        if bad:
+            raise ConfigError(f"'{label}': parameter '{p.name}' {bad}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             ok = ((p.ge is None or value >= p.ge) and (p.le is None or value <= p.le)
                   and (p.gt is None or value > p.gt) and (p.lt is None or value < p.lt))
             if not ok:
                 raise ConfigError(f"'{label}': parameter '{p.name}' is {value!r}, out of range: "
                                   f"must be {p.range_text()}.")
+            if isinstance(value, int) and p.le is None and p.lt is None and abs(value) > MAX_INT_PARAM:
+                raise ConfigError(f"'{label}': parameter '{p.name}' is {value!r}, out of range: integer "
+                                  f"parameters must be within +-{MAX_INT_PARAM:,} (32-bit).")
 
     def validate(self) -> None:
         """Hook for checks across parameters; raise ConfigError naming the parameter."""

