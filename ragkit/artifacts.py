@@ -478,7 +478,10 @@ def write_params(folder: Path, params: Mapping[str, Any]) -> None:
         files[rel] = file_record(f)
     data["files"] = files
     data["params_sha256"] = _params_digest(data)
-    (folder / PARAMS_FILE).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    with open(folder / PARAMS_FILE, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk, like every other file, before the folder is swapped in
 
 
 def verify_mode(verify: str | None = None) -> str:
