@@ -38,6 +38,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -219,7 +220,7 @@ def check_target(path: str | Path, stage: str | None = None, *, protect: Iterabl
         raise ConfigError(f"{real}: holds an index built by '{data['stage']}', not '{stage}'; ragkit will not "
                           f"replace one kind of index with another. Give this indexer its own folder.")
     listed = data.get("files")
-    known = set(listed) if isinstance(listed, dict) else None
+    known = {str(n).split("/")[0] for n in listed} if isinstance(listed, dict) else None
     foreign = [e for e in entries if e not in (PARAMS_FILE, MANIFEST_FILE) and not _ragkit_temp(e)
                and (known is None and not _legacy_artifact(e) or known is not None and e not in known)]
     if foreign:
@@ -278,8 +279,9 @@ def recover(path: str | Path) -> list[str]:
 
     A dead writer's ``.NAME.old-*`` folder is moved back to ``path`` when ``path`` is missing (a
     build killed between its two renames: roll back), else removed; its ``.NAME.tmp-*`` folders
-    are removed. Folders of live writers, and ``.NAME.tmp-XXXXXXXX`` folders of ragkit versions
-    that did not record their PID, are left alone (a warning names the latter).
+    are removed. Folders of live writers are left alone. ``.NAME.tmp-XXXXXXXX`` folders of ragkit
+    versions that did not record their PID are removed when they hold only index files and nothing
+    in them changed for an hour; other ones are left, with a warning.
     """
     path = Path(path)
     parent, name = path.parent, path.name
@@ -289,14 +291,20 @@ def recover(path: str | Path) -> list[str]:
     except OSError:
         return done
     pat = _litter_re(name)
+    legacy = re.compile(rf"^\.{re.escape(name)}\.tmp-[a-z0-9_]{{8}}$")  # tempfile.mkdtemp, ragkit <= 0d00199
     olds, tmps = [], []
     for e in entries:
         m = pat.match(e)
         f = parent / e
         if not m:
-            if e.startswith(f".{name}.tmp-") and f.is_dir() and not f.is_symlink():
-                log.warning("%s: temporary folder of an older ragkit build (no process id recorded); remove it "
-                            "by hand if no build is running", f)
+            if legacy.match(e) and f.is_dir() and not f.is_symlink():
+                if _legacy_tmp_removable(f):
+                    shutil.rmtree(f, ignore_errors=True)
+                    if not f.exists():
+                        done.append(f"removed {e} (left by an older ragkit build)")
+                else:
+                    log.warning("%s: temporary folder of an older ragkit build (no process id recorded); remove "
+                                "it by hand if no build is running", f)
             continue
         if not f.is_dir() or f.is_symlink():
             continue
@@ -323,6 +331,22 @@ def recover(path: str | Path) -> list[str]:
     if done:
         log.info("%s: %s", path, "; ".join(done))
     return done
+
+
+LEGACY_TMP_AGE_S = 3600
+
+
+def _legacy_tmp_removable(f: Path) -> bool:
+    """Whether a ``.NAME.tmp-XXXXXXXX`` folder of an older ragkit (no PID in its name) may go: it
+    holds only index files (no subfolder, no other name) and nothing in it changed for an hour."""
+    try:
+        entries = list(f.iterdir())
+        newest = max([f.stat().st_mtime] + [e.stat().st_mtime for e in entries])
+        ours = all(e.is_file() and not e.is_symlink()
+                   and (_legacy_artifact(e.name) or e.name in (PARAMS_FILE, MANIFEST_FILE)) for e in entries)
+    except OSError:
+        return False
+    return ours and time.time() - newest > LEGACY_TMP_AGE_S
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -447,13 +471,17 @@ def write_params(folder: Path, params: Mapping[str, Any]) -> None:
             (folder / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
         data["corpus"] = corpus
     files = {}
-    for f in sorted(folder.iterdir()):
-        if f.name in (PARAMS_FILE, MANIFEST_FILE) or not f.is_file():  # the manifest is a reading cache
+    for f in sorted(folder.rglob("*")):  # sub-folders too (a sharded index keeps one per shard)
+        rel = f.relative_to(folder).as_posix()
+        if rel in (PARAMS_FILE, MANIFEST_FILE) or not f.is_file() or f.is_symlink():  # manifest: a reading cache
             continue
-        files[f.name] = file_record(f)
+        files[rel] = file_record(f)
     data["files"] = files
     data["params_sha256"] = _params_digest(data)
-    (folder / PARAMS_FILE).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    with open(folder / PARAMS_FILE, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk, like every other file, before the folder is swapped in
 
 
 def verify_mode(verify: str | None = None) -> str:
@@ -474,7 +502,8 @@ def verify_files(folder: Path, params: Mapping[str, Any], verify: str | None = N
         raise IndexArtifactError(f"{folder / PARAMS_FILE}: corrupt file list; rebuild the index.")
     for name, rec in files.items():
         f = folder / name
-        if not isinstance(rec, dict) or "/" in name or name.startswith(".."):
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if not isinstance(rec, dict) or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise IndexArtifactError(f"{folder / PARAMS_FILE}: corrupt entry for {name!r}; rebuild the index.")
         try:
             size = f.stat().st_size

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,28 @@ def test_agreement_check_sees_an_index_rolled_back_at_load(tmp_path):
     with pytest.raises(IndexArtifactError, match="different corpora"):
         Pipeline.from_yaml(f).run("cats")
     assert (tmp_path / "indexes" / "dense" / "params.json").exists() and _litter(tmp_path / "indexes") == []
+
+
+def test_temporary_folders_of_older_ragkit_versions(tmp_path):
+    """``.NAME.tmp-XXXXXXXX`` (tempfile.mkdtemp, no PID) from before this version: removed once
+    untouched for an hour and holding only index files; otherwise left, with a warning."""
+    BM25Indexer(path=str(tmp_path / "idx"))(docs(5))
+    old = time.time() - 2 * 3600
+
+    def make(name: str, files: list[str], age: float | None = old) -> Path:
+        f = tmp_path / name
+        f.mkdir()
+        for n in files:
+            (f / n).write_bytes(b"x")
+            if age:
+                os.utime(f / n, (age, age))
+        if age:
+            os.utime(f, (age, age))
+        return f
+
+    make(".idx.tmp-abcd1234", ["data.npy", "indices.npy", "params.json"])  # removed
+    make(".idx.tmp-efgh5678", [])                                          # removed (empty)
+    make(".idx.tmp-ijkl9012", ["data.npy", "notes.txt"])                   # kept: a file ragkit does not write
+    make(".idx.tmp-mnop3456", ["data.npy"], age=None)                      # kept: changed within the hour
+    BM25Indexer(path=str(tmp_path / "idx"))(docs(6))
+    assert _litter(tmp_path) == [".idx.tmp-ijkl9012", ".idx.tmp-mnop3456"]

@@ -183,3 +183,31 @@ def test_atomic_folder_without_stage_takes_the_kind_from_the_new_params(tmp_path
             (tmp / "params.json").write_text(json.dumps({"stage": "indexer.bm25"}))
     assert json.loads((target / "params.json").read_text())["stage"] == "indexer.dense"
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_index_folders_with_sub_folders_are_listed_and_verified(tmp_path):
+    """A layout with sub-folders (e.g. one per shard): every file is checksummed, the folder can be
+    rebuilt, and a damaged file in a sub-folder is detected."""
+    from ragkit.artifacts import read_params, write_params
+    from ragkit.errors import IndexArtifactError
+
+    target = tmp_path / "idx"
+
+    def write(n: int) -> None:
+        with atomic_folder(target, "indexer.test") as tmp:
+            for i in range(n):
+                (tmp / f"shard-{i}").mkdir()
+                (tmp / f"shard-{i}" / "data.npy").write_bytes(bytes(range(200)) * (i + 1))
+            write_params(tmp, {"stage": "indexer.test"})
+
+    write(2)
+    p = read_params(target, expect_key="indexer.test")
+    assert sorted(p["files"]) == ["shard-0/data.npy", "shard-1/data.npy"]
+    write(3)  # a rebuild replaces it (its entries are all listed)
+    f = target / "shard-2" / "data.npy"
+    f.write_bytes(f.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(IndexArtifactError, match="shard-2/data.npy"):
+        read_params(target, expect_key="indexer.test")
+    (target / "shard-9").mkdir()
+    with pytest.raises(ConfigError, match="shard-9, which ragkit did not write"):
+        write(1)
