@@ -146,6 +146,10 @@ def main() -> None:
     for row in rows:
         md.append(f"| {row['mode']} | {row['ms_per_query_mean_of_rounds']} | {row['rounds_ms']} | "
                   f"{row['vs_library']} |")
+    md.append("\nNotes: `library` is the default (`import ragkit` sets OMP_WAIT_POLICY=PASSIVE before torch loads); "
+              "`library-torch-first` imports torch first, so OpenMP keeps its default spin-then-sleep policy although "
+              "ragkit sets the variable afterwards (the pre-change behaviour of library users); `cli` subtracts two "
+              "process runs and is noisier.")
     (OUT / "omp_wait_policy.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -34,7 +34,7 @@ def _count(minimum: int):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum or value > 2**31 - 1:
-            raise argparse.ArgumentTypeError(f"must be {'at least ' + str(minimum)} (and below 2**31), got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (and below 2**31), got {value}")
         return value
 
     parse.__name__ = "count"
