@@ -86,12 +86,12 @@ class HFGenerator(Generator):
 
     # -- setup -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from ._model import load_causal_lm
+        from ragkit.models import load_causal_lm
 
         attn = self.attn_implementation
         if attn == "auto" and self.kv_reuse != "none":
             attn = "sdpa"      # reuse passes custom 4-D masks (flash attention takes none)
-        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn,
+        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn, what="generator.hf",
                                          base_dir=self.__dict__.get("_base_dir"))
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
@@ -259,5 +259,5 @@ def kv_namespace(res: Any, tokenizer: Any, prefix: list[int]) -> dict:
     """What a passage-KV store entry depends on besides the passage text."""
     from ragkit.indexers._kvstore import tokenizer_fingerprint
 
-    return {"model_id": res.model_id, "revision": res.revision, "tokenizer": tokenizer_fingerprint(tokenizer),
+    return {"model_id": res.id, "revision": res.revision, "tokenizer": tokenizer_fingerprint(tokenizer),
             "prefix": ids_hash(prefix), "prefix_tokens": len(prefix)}

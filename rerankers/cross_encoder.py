@@ -25,7 +25,9 @@ from ragkit.errors import ConfigError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, cut_many, load_error, pick_device, pick_dtype, score_sorted
+from ragkit.models import pick_device, pick_dtype
+
+from ._base import RerankerBase, cut_many, load_error, score_sorted
 
 
 def check_classifier_checkpoint(path: str, name: str, key: str = "reranker.cross_encoder") -> None:

@@ -16,27 +16,20 @@ is cut at its end so the prompt fits ``max_length``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, encode_template, load_error, pad_batch, pick_device, pick_dtype, score_sorted, single_token_id
+from ragkit.models import load_causal_lm
+
+from ._base import RerankerBase, encode_template, pad_batch, score_sorted, single_token_id
 
 SYSTEM = "You are a search relevance judge. Answer with a single word: Yes or No."
 PROMPT = ("Query: {query}\nPassage: {document}\n"
           "Does the passage contain information relevant to the query? Answer Yes or No.")
-
-
-def load_causal_lm(path: str, name: str) -> tuple[Any, Any]:
-    """(tokenizer, model) from a transformers folder (GGUF models arrive here already dequantised)."""
-    tf = require("transformers", "LLM reranking")
-    try:
-        return tf.AutoTokenizer.from_pretrained(path), tf.AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise load_error(name, exc) from exc
 
 
 @register("reranker.llm")
@@ -60,15 +53,15 @@ class LLMReranker(RerankerBase):
 
     def _setup(self) -> None:
         torch = require("torch", "LLM reranking")
-        tok, model = load_causal_lm(self._model_path(), self.model)
+        tok, model, _ = load_causal_lm(self.model, self.device, self.dtype, "sdpa", what=f"'{self.key}'",
+                                       base_dir=self.__dict__.get("_base_dir"))
         if getattr(model.config, "is_encoder_decoder", False):
             raise ConfigError(f"'{self.key}': {self.model!r} is an encoder-decoder model; use reranker.monot5.")
         y = single_token_id(tok, self.yes_token, "yes_token", self.key)
         n = single_token_id(tok, self.no_token, "no_token", self.key)
         if y == n:
             raise ConfigError(f"'{self.key}': 'yes_token' and 'no_token' map to the same token id {y}.")
-        dev = pick_device(self.device)
-        model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
+        dev = next(model.parameters()).device
         head = model.get_output_embeddings()
         w = head.weight[[y, n]].detach()
         b = head.bias[[y, n]].detach() if getattr(head, "bias", None) is not None else None

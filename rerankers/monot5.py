@@ -20,7 +20,9 @@ from ragkit.errors import ConfigError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, encode_template, load_error, pad_batch, pick_device, pick_dtype, score_sorted, single_token_id
+from ragkit.models import pick_device, pick_dtype
+
+from ._base import RerankerBase, encode_template, load_error, pad_batch, score_sorted, single_token_id
 
 MONOT5_TEMPLATE = "Query: {query} Document: {document} Relevant:"
 

@@ -367,7 +367,7 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
 # -- real SmolLM2 ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smol():
-    from ragkit.generators._model import load_causal_lm
+    from ragkit.models import load_causal_lm
 
     try:
         tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
