@@ -62,13 +62,13 @@ def generators(store: str, max_new: int, max_passages: int, max_tokens: int, mod
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
                            kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
     # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
-    from ragkit.generators._kvreuse import use_gqa_sdpa
+    from ragkit.kv.reuse import use_gqa_sdpa
 
-    base = gens["none"].__dict__["_model"]
+    base = gens["none"]._model
     use_gqa_sdpa(base)   # as each engine did on its own model (full prefill passes no mask: unaffected)
     for g in gens.values():
-        g.__dict__["_model"] = base
-        eng = g.__dict__.get("_engine")
+        g._model = base
+        eng = getattr(g, "_engine", None)
         if eng is not None:
             eng.model, eng.base = base, base.get_decoder()
     return gens
@@ -129,7 +129,7 @@ def quality(args) -> None:
                 for n in args.extra_select_layers}}
     gens = generators(store, args.max_new_tokens, k, 0, modes=modes, stop=["\n"])
     for g in gens.values():   # no disk writes: the memory LRU holds the ~questions distinct passages
-        eng = g.__dict__.get("_engine")
+        eng = getattr(g, "_engine", None)
         if eng is not None:
             eng.store.write_enabled = False
     per: list[dict] = []
@@ -170,18 +170,18 @@ def quality(args) -> None:
 def store(args) -> None:
     import torch
 
-    from ragkit.generators._prompt import block_text, tokenize
-    from ragkit.indexers._kvstore import KVStore
+    from ragkit.kv.prompt import block_text, tokenize
+    from ragkit.kv.store import KVStore
 
     data = rows()
     texts = [block_text(gold(r)["text"], gold(r)["title"]) for r in data[: args.passages]]
     root = Path(tempfile.mkdtemp(prefix="bench-kvs-"))
     gens = generators(str(root), 1, 10, 0)
     g = gens["plain"]
-    eng, tok = g.__dict__["_engine"], g.__dict__["_tok"]
+    eng, tok = g._engine, g._tok
     blocks = [tokenize(tok, t) for t in texts]
     n_tok = sum(map(len, blocks))
-    cfg = g.__dict__["_model"].config
+    cfg = g._model.config
     out: dict = {"machine": machine(), "passages": len(texts), "tokens": n_tok, "layers": cfg.num_hidden_layers,
                  "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.hidden_size // cfg.num_attention_heads}
     t0 = time.perf_counter()

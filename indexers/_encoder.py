@@ -216,7 +216,7 @@ def show_progress(stage: Any) -> bool:
     """The stage's ``_progress`` setting; None means: only when stderr is a terminal."""
     import sys
 
-    p = stage.__dict__.get("_progress")
+    p = stage._progress
     if p is None:
         return bool(getattr(sys.stderr, "isatty", lambda: False)())
     return bool(p)

@@ -78,7 +78,7 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> "Pipeline":
         for s in self.index_stages + self.stages:
-            s.__dict__["_base_dir"] = self.base_dir
+            s.bind_context(base_dir=self.base_dir)
         for s in self.stages:
             s.setup()
         return self
@@ -140,8 +140,7 @@ class Pipeline:
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
         for s in self.index_stages:
-            s.__dict__["_base_dir"] = self.base_dir
-            s.__dict__["_progress"] = progress
+            s.bind_context(base_dir=self.base_dir, progress=progress)
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
         previous = None
         if documents is None:

@@ -145,7 +145,7 @@ class RerankerBase(Stage):
         return frozenset({"text"})
 
     def _model_path(self) -> str:
-        return resolve_model(self.model, self.__dict__.get("_base_dir"))  # type: ignore[attr-defined]
+        return resolve_model(self.model, self._base_dir)  # type: ignore[attr-defined]
 
     # subclasses implement: score a list of (query, passage) pairs -> (scores, truncated flags);
     # ``sizes`` gives how many consecutive pairs belong to each ranking (for pairwise rerankers)

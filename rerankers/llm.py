@@ -45,6 +45,8 @@ class LLMReranker(RerankerBase):
     system: str = param(SYSTEM, help="system message (used when the model has a chat template)")
     chat_template: bool = param(True, help="wrap the prompt in the model's chat template when it has one")
 
+    _chat = False       # loaded state: whether prompts go through the chat template
+
     def validate(self) -> None:
         super().validate()
         for f in ("{query}", "{document}"):
@@ -54,7 +56,7 @@ class LLMReranker(RerankerBase):
     def _setup(self) -> None:
         torch = require("torch", "LLM reranking")
         tok, model, _ = load_causal_lm(self.model, self.device, self.dtype, "sdpa", what=f"'{self.key}'",
-                                       base_dir=self.__dict__.get("_base_dir"))
+                                       base_dir=self._base_dir)
         if getattr(model.config, "is_encoder_decoder", False):
             raise ConfigError(f"'{self.key}': {self.model!r} is an encoder-decoder model; use reranker.monot5.")
         y = single_token_id(tok, self.yes_token, "yes_token", self.key)
@@ -67,32 +69,32 @@ class LLMReranker(RerankerBase):
         b = head.bias[[y, n]].detach() if getattr(head, "bias", None) is not None else None
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         use_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
-        self.__dict__.update(_tok=tok, _model=model, _dev=dev, _torch=torch, _w=w, _b=b, _pad=pad, _chat=use_chat)
+        self._tok, self._model, self._dev, self._torch = tok, model, dev, torch
+        self._w, self._b, self._pad, self._chat = w, b, pad, use_chat
 
     def render(self, query: str, document: str) -> str:
         user = self.prompt.format(query=query, document=document)
-        if not self.__dict__.get("_chat"):
+        if not self._chat:
             return user + "\nAnswer:"
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": user}]
-        return self.__dict__["_tok"].apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def _forward(self, rows: list[dict]) -> list[float]:
-        d = self.__dict__
-        torch, model, dev = d["_torch"], d["_model"], d["_dev"]
-        ids, mask = pad_batch([r["input_ids"] for r in rows], d["_pad"], side="right")
+        torch, model, dev = self._torch, self._model, self._dev
+        ids, mask = pad_batch([r["input_ids"] for r in rows], self._pad, side="right")
         last = mask.sum(dim=1) - 1
         with torch.inference_mode():
             hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
             h = hidden[torch.arange(len(rows), device=dev), last.to(dev)]
-            logits = (h @ d["_w"].T).float()
-            if d["_b"] is not None:
-                logits = logits + d["_b"].float()
+            logits = (h @ self._w.T).float()
+            if self._b is not None:
+                logits = logits + self._b.float()
         return torch.log_softmax(logits, dim=-1)[:, 0].tolist()
 
     def score_pairs(self, queries: Sequence[str], passages: Sequence[str],
                     sizes: Sequence[int] | None = None) -> tuple[list[float], list[bool]]:
         self.setup()
-        add_special = not self.__dict__["_chat"]
-        rows, cut = encode_template(self.__dict__["_tok"], self.render, queries, [(p,) for p in passages],
+        add_special = not self._chat
+        rows, cut = encode_template(self._tok, self.render, queries, [(p,) for p in passages],
                                     self.max_length, self.query_max_tokens, add_special_tokens=add_special)
         return score_sorted(rows, self.batch_size, self._forward), cut

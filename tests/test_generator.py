@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from ragkit.errors import ConfigError, ModelNotFoundError, PipelineError, StageInputError  # noqa: E402
-from ragkit.generators._prompt import (PromptTemplate, build_segments, parse_citations,  # noqa: E402
+from ragkit.kv.prompt import (PromptTemplate, build_segments, parse_citations,  # noqa: E402
                                        prefix_ids)
 from ragkit.generators.hf import HFGenerator  # noqa: E402
 from ragkit.pipeline import Pipeline  # noqa: E402

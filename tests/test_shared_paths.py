@@ -131,3 +131,52 @@ def test_dataset_corpus_is_read_by_the_ingest_reader(tmp_path, monkeypatch):
     (tmp_path / "corpus.jsonl").write_bytes(b'{"doc_id": "d1", "text": "Par\xffis"}\n')
     with pytest.raises(DataError, match=r"corpus.jsonl:1: not UTF-8: byte 0xff at byte offset 29"):
         load_dataset(tmp_path)
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(("." * node.level) + node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_kv_package_is_neutral_and_indexer_generator_are_its_clients():
+    """ragkit.kv imports neither indexers nor generators; indexer.kv no longer builds a generator;
+    generators no longer import indexers (the old cycle through private attributes is gone)."""
+    for f in (REPO / "ragkit" / "kv").glob("*.py"):
+        bad = {m for m in _imports(f) if "indexers" in m or "generators" in m}
+        assert not bad, (f, bad)
+    ix = _imports(REPO / "indexers" / "kv.py")
+    assert "ragkit.kv" in ix and not any("generators" in m for m in ix), ix
+    for f in (REPO / "generators").glob("*.py"):
+        assert not any("indexers" in m for m in _imports(f)), f
+    assert "ragkit.kv" in _imports(REPO / "generators" / "hf.py")
+
+
+def test_loaded_state_uses_plain_private_attributes():
+    """One pattern for loaded state (docs/ARCHITECTURE.md): ``self._x`` set in _setup(), no
+    ``__dict__`` manipulation in stage modules."""
+    for pkg in ("indexers", "retrievers", "rerankers", "generators", "ragkit/kv"):
+        for f in (REPO / pkg).rglob("*.py"):
+            assert "__dict__" not in f.read_text(encoding="utf-8"), f
+    src = (REPO / "ragkit" / "pipeline.py").read_text(encoding="utf-8")
+    assert "__dict__" not in src
+
+
+def test_loaded_state_is_dropped_by_pickle_and_context_is_bound(tmp_path):
+    import pickle
+
+    from ragkit.testing import HashEmbedder  # noqa: F401  (the fake stages ship with ragkit)
+    from ragkit.retrievers import BM25Retriever
+
+    r = BM25Retriever(index=str(tmp_path / "x"))
+    assert r._base_dir is None and r._progress is None and r._ready is False
+    r.bind_context(base_dir=tmp_path, progress=False)
+    r._idx = object()
+    back = pickle.loads(pickle.dumps(r))
+    assert back == r and "_idx" not in vars(back) and back._base_dir is None and back._ready is False
+    r.bind_context(progress=True)
+    assert r._base_dir == tmp_path and r._progress is True

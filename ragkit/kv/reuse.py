@@ -1,6 +1,6 @@
 """Block-attention passage-KV reuse with exact RoPE re-rotation and CacheBlend selective recompute.
 
-Assembly of one prompt (segments from :mod:`._prompt`) at query time:
+Assembly of one prompt (segments from :mod:`ragkit.kv.prompt`) at query time:
 
 1. the shared prefix KV (computed once per model and prompt template);
 2. for each retrieved passage in ranked order: its glue tokens (``[i]``, rank-dependent, never
@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError
-from ragkit.indexers._kvstore import KVStore, PassageKV
+from .store import KVStore, PassageKV
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -391,6 +391,22 @@ class KVReuseEngine:
                     kv = self.store.put(texts[i], kv).to(self.device, self.dtype)
                 out[i] = kv
         return out, len(missing)  # type: ignore[return-value]
+
+    def precompute(self, items: Sequence[tuple[str, Sequence[int]]], batch_size: int = 8,
+                   on_batch: Any = None) -> int:
+        """Compute and store the blocks ``(block text, token ids)`` not yet in the store, ``batch_size``
+        per forward pass (give them sorted by length for little padding); ``on_batch(n)`` after each
+        batch. Returns how many were computed."""
+        if self.store is None:
+            raise ConfigError("KVReuseEngine.precompute needs a store (open the engine with ragkit.kv.open_engine).")
+        todo = [(t, list(b)) for t, b in items if b and t not in self.store]
+        for i in range(0, len(todo), batch_size):
+            part = todo[i: i + batch_size]
+            for (t, _), kv in zip(part, self.encode_blocks([b for _, b in part])):
+                self.store.put(t, kv)
+            if on_batch is not None:
+                on_batch(len(part))
+        return len(todo)
 
     # -- assembly ------------------------------------------------------------------------------------
     def prefill(self, glues: Sequence[Any], entries: Sequence[PassageKV], final: Sequence[int],
