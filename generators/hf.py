@@ -52,7 +52,7 @@ class HFGenerator(Generator):
     repetition_penalty: float = param(1.0, gt=0, help="penalty for repeating generated tokens (1 = off)")
     seed: int = param(-1, help="random seed for sampling (-1 = random)")
     stop: list[str] = param([], help="stop generating at any of these strings (not included)")
-    batch_size: int = param(8, ge=1, help="prompts per forward pass (kv_reuse: none)")
+    batch_size: int = param(8, ge=1, help="prompts per forward pass (every kv_reuse mode)")
     max_passages: int = param(10, ge=0, help="use at most this many top hits as passages")
     max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (0 = no cut)")
     system_prompt: str = param("", help="system message (empty = the built-in instructions)")
@@ -156,8 +156,9 @@ class HFGenerator(Generator):
             for i in range(0, len(batch), self.batch_size):
                 out += self._run_full(batch[i: i + self.batch_size])
         else:
-            for r in batch:
-                out.append(self._run_reuse(r))
+            for i in range(0, len(batch), self.batch_size):
+                part = batch[i: i + self.batch_size]
+                out += [self._run_reuse(part[0])] if len(part) == 1 else self._run_reuse_batch(part)
         return out
 
     def _segments(self, r: Ranking, hits: list[Any]) -> Any:
@@ -216,6 +217,38 @@ class HFGenerator(Generator):
                          eos_ids=self._eos, next_pos=nxt, on_token=cb, t_start=t0)
         extra = {"kv_load_s": t_kv, "kv_blocks_computed": computed, **pre.stats}
         return self._answer(r, hits, dec[0], pre.length, extra)
+
+    def _run_reuse_batch(self, batch: list[Ranking]) -> list[Answer]:
+        """Several rankings served together: blocks from the store, one batched prefill of the final
+        blocks over the assembled caches (:meth:`ragkit.kv.KVReuseEngine.prefill_batch`), batched decoding."""
+        import torch
+
+        from ._decode import decode
+
+        eng = self._engine
+        hits = [self._passages(r) for r in batch]
+        segs = [self._segments(r, h) for r, h in zip(batch, hits)]
+        cb = self._callback_for([r.qid for r in batch])
+        with self._model_lock, torch.no_grad():
+            t0 = time.perf_counter()
+            prompts, computed = [], []
+            for seg in segs:
+                entries, n = eng.get_blocks(seg.block_texts, seg.blocks)
+                glues: list[Any] = seg.glues
+                if self.cache_glue:
+                    glues, g = eng.get_blocks([glue_text(i + 1) for i in range(len(seg.glues))], seg.glues)
+                    n += g
+                prompts.append((glues, entries, seg.final))
+                computed.append(n)
+            t_kv = time.perf_counter() - t0
+            ratio = self.recompute_ratio if self.kv_reuse == "blend" else 0.0
+            pre = eng.prefill_batch(prompts, recompute_ratio=ratio, select_layers=self.select_layers,
+                                    reserve=self.max_new_tokens)
+            dec = decode(self._model, self._tok, pre.logits, pre.cache, params=self._decode_params(),
+                         eos_ids=self._eos, next_pos=pre.next_pos, attention_mask=pre.attention_mask,
+                         on_token=cb, t_start=t0)
+        return [self._answer(r, h, o, n_prompt, {"kv_load_s": t_kv, "kv_blocks_computed": c, **st})
+                for r, h, o, n_prompt, c, st in zip(batch, hits, dec, pre.lengths, computed, pre.stats)]
 
     def _answer(self, r: Ranking, hits: list[Any], o: Any, n_prompt: int, extra: dict) -> Answer:
         nums, bad = parse_citations(o.text, len(hits))
