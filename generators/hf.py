@@ -29,7 +29,7 @@ from ragkit.records import Answer, Ranking
 from ragkit.registry import register
 from ragkit.stage import Generator, param
 
-from ragkit.kv.prompt import PromptTemplate, build_segments, glue_text, ids_hash, parse_citations, prefix_ids
+from ragkit.kv.prompt import PromptTemplate, build_segments, glue_text, parse_citations, prefix_ids
 
 TokenCallback = Callable[[str, str], None]   # (qid, text piece)
 

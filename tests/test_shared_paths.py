@@ -169,7 +169,6 @@ def test_loaded_state_uses_plain_private_attributes():
 def test_loaded_state_is_dropped_by_pickle_and_context_is_bound(tmp_path):
     import pickle
 
-    from ragkit.testing import HashEmbedder  # noqa: F401  (the fake stages ship with ragkit)
     from ragkit.retrievers import BM25Retriever
 
     r = BM25Retriever(index=str(tmp_path / "x"))

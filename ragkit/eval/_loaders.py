@@ -1,7 +1,6 @@
 """Readers for the built-in collections, each in its original file format, read in place."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any, Iterator
