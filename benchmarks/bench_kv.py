@@ -8,6 +8,7 @@ Three prefill modes of ``generator.hf`` in the same process, interleaved per rep
                                       [--extra-ratios 0.5]               #   + more blend ratios
                                       [--extra-select-layers 4]          #   + blend selecting on layer 4
   python benchmarks/bench_kv.py store                                      # bytes, load vs recompute
+  python benchmarks/bench_kv.py throughput --questions 8 --batches 1,4,8   # questions/s with batching
   python benchmarks/bench_kv.py report                                     # kv.md + kv_ttft.png
                                          (hand-written notes in kv.md between <!-- keep:NAME --> lines stay)
 
@@ -47,6 +48,15 @@ def gold(row: dict) -> dict:
     return row["ctxs"][0]
 
 
+def synthetic_passages(n: int, words: int = 260, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (title, text) passages of ``words`` words drawn (seeded) from the project's own docs, for
+    machines without ../shared/data (the TTFT benchmark measures time, not answers)."""
+    vocab = sorted(set(re.findall(r"[A-Za-z]{3,}", " ".join(p.read_text(encoding="utf-8")
+                                                            for p in sorted((ROOT / "docs").glob("*.md"))))))
+    rng = random.Random(seed)
+    return [(f"Passage {i}", " ".join(rng.choice(vocab) for _ in range(words)) + ".") for i in range(n)]
+
+
 def machine() -> dict:
     import torch
 
@@ -55,20 +65,24 @@ def machine() -> dict:
             "load_avg_start": os.getloadavg(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+DEVICE = {"device": "cpu", "dtype": "float32"}     # --device / --dtype
+
+
 def generators(store: str, max_new: int, max_passages: int, max_tokens: int, modes: dict | None = None, **kw):
     from ragkit.generators.hf import HFGenerator
 
-    gens = {m: HFGenerator(model="smollm2-135m-instruct", device="cpu", dtype="float32", max_new_tokens=max_new,
+    gens = {m: HFGenerator(model="smollm2-135m-instruct", device=DEVICE["device"], dtype=DEVICE["dtype"],
+                           max_new_tokens=max_new,
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
                            kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
     # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
-    from ragkit.generators._kvreuse import use_gqa_sdpa
+    from ragkit.kv.reuse import use_gqa_sdpa
 
-    base = gens["none"].__dict__["_model"]
+    base = gens["none"]._model
     use_gqa_sdpa(base)   # as each engine did on its own model (full prefill passes no mask: unaffected)
     for g in gens.values():
-        g.__dict__["_model"] = base
-        eng = g.__dict__.get("_engine")
+        g._model = base
+        eng = getattr(g, "_engine", None)
         if eng is not None:
             eng.model, eng.base = base, base.get_decoder()
     return gens
@@ -78,18 +92,30 @@ def generators(store: str, max_new: int, max_passages: int, max_tokens: int, mod
 def ttft(args) -> None:
     from ragkit.records import Hit, Query, Ranking
 
-    data = rows()
     tok_len = 200
-    # passages of >= 200 tokens: consecutive gold passages joined, cut to 200 tokens by the generator
-    pool, i = [], 0
-    while len(pool) < max(args.sizes):
-        a, b = gold(data[i]), gold(data[i + 1])
-        pool.append((a["title"], a["text"] + " " + b["text"] + " " + gold(data[i + 2])["text"]))
-        i += 3
-    q = Query("q", data[1000]["question"])
+    if args.dry_run:
+        print(f"ttft: {len(args.sizes)} sizes of {args.sizes} passages x {tok_len} tokens (about "
+              f"{', '.join(f'{n * tok_len / 1000:.0f}k' for n in args.sizes)} prompt tokens), {args.repeats} repeats, "
+              f"modes {', '.join(MODES)}, device {DEVICE['device']} {DEVICE['dtype']}, "
+              f"{'synthetic passages' if args.synthetic or not DATA.exists() else DATA.name} -> {args.out or RES / 'kv_ttft.json'}")
+        return
+    if args.synthetic or not DATA.exists():
+        pool, question = synthetic_passages(max(args.sizes)), "Which river flows through the old capital?"
+    else:
+        data = rows()
+        # passages of >= 200 tokens: consecutive gold passages joined, cut to 200 tokens by the generator
+        pool, i = [], 0
+        while len(pool) < max(args.sizes):
+            a, b = gold(data[i]), gold(data[i + 1])
+            pool.append((a["title"], a["text"] + " " + b["text"] + " " + gold(data[i + 2])["text"]))
+            i += 3
+        question = data[1000]["question"]
+    q = Query("q", question)
     store = tempfile.mkdtemp(prefix="bench-kv-")
     gens = generators(store, 1, max(args.sizes), tok_len)
-    res: dict = {"machine": machine(), "repeats": args.repeats, "passage_tokens": tok_len, "runs": {}}
+    res: dict = {"machine": machine(), "repeats": args.repeats, "passage_tokens": tok_len, "runs": {},
+                 "passages": "synthetic" if args.synthetic or not DATA.exists() else DATA.name,
+                 "device": dict(DEVICE), "command": "python benchmarks/bench_kv.py " + " ".join(sys.argv[1:])}
     rankings = {n: Ranking(q, tuple(Hit("q", f"p{j}", float(n - j), 0, t, meta={"title": ti})
                                     for j, (ti, t) in enumerate(pool[:n]))) for n in args.sizes}
     for n in args.sizes:   # warm-up: fills the store (disk + memory) and the prefix cache
@@ -113,6 +139,52 @@ def ttft(args) -> None:
     print("wrote", out)
 
 
+# -- throughput: questions per second with batching ----------------------------------------------------
+def throughput(args) -> None:
+    """Questions/s of ``none``, ``plain`` and ``blend`` at several ``batch_size`` values: the same
+    questions (each with its own passages) answered by one call per batch size and mode, modes and
+    batch sizes interleaved per repeat, after a warm-up that fills the passage store."""
+    from ragkit.records import Hit, Query, Ranking
+
+    data = [r for r in rows() if any(c.get("isgold") for c in r["ctxs"])]
+    rng = random.Random(args.seed)
+    sample = rng.sample(data, args.questions)
+    rankings = []
+    for qi, row in enumerate(sample):
+        ctx = [gold(row)] + [gold(r) for r in rng.sample(data, args.passages - 1)]
+        rankings.append(Ranking(Query(f"q{qi}", row["question"]),
+                                tuple(Hit(f"q{qi}", f"c{j}", float(args.passages - j), 0, c["text"],
+                                          meta={"title": c["title"]}) for j, c in enumerate(ctx))))
+    store = tempfile.mkdtemp(prefix="bench-kvt-")
+    gens = generators(store, args.max_new_tokens, args.passages, args.passage_tokens)
+    res: dict = {"machine": machine(), "questions": len(rankings), "passages": args.passages,
+                 "passage_tokens": args.passage_tokens, "max_new_tokens": args.max_new_tokens,
+                 "batches": args.batches, "repeats": args.repeats, "runs": {}}
+    for m, g in gens.items():      # warm-up: store filled, prefix cached, buffers allocated
+        g.batch_size = max(args.batches)
+        a = g(rankings)
+        res.setdefault("prompt_tokens_mean", statistics.mean(x.meta["prompt_tokens"] for x in a))
+    texts: dict = {}
+    for r in range(args.repeats):
+        for b in args.batches:
+            for m, g in gens.items():
+                g.batch_size = b
+                t0 = time.perf_counter()
+                a = g(rankings)
+                dt = time.perf_counter() - t0
+                res["runs"].setdefault(f"{m} b={b}", []).append(len(rankings) / dt)
+                texts[(m, b)] = [x.text for x in a]
+                print(f"rep {r} {m:5s} batch {b}: {len(rankings) / dt:.2f} q/s", flush=True)
+    res["q_per_s_median"] = {k: statistics.median(v) for k, v in res["runs"].items()}
+    res["same_answers_as_batch_1"] = {f"{m} b={b}": texts[(m, b)] == texts[(m, args.batches[0])]
+                                      for (m, b) in texts}
+    res["machine"]["load_avg_end"] = os.getloadavg()
+    res["command"] = "python benchmarks/bench_kv.py " + " ".join(sys.argv[1:])
+    out = Path(args.out or RES / "kv_throughput.json")
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res["q_per_s_median"], indent=1), "wrote", out)
+
+
 # -- quality ----------------------------------------------------------------------------------------
 def quality(args) -> None:
     from ragkit.eval.metrics import answer_score
@@ -129,7 +201,7 @@ def quality(args) -> None:
                 for n in args.extra_select_layers}}
     gens = generators(store, args.max_new_tokens, k, 0, modes=modes, stop=["\n"])
     for g in gens.values():   # no disk writes: the memory LRU holds the ~questions distinct passages
-        eng = g.__dict__.get("_engine")
+        eng = getattr(g, "_engine", None)
         if eng is not None:
             eng.store.write_enabled = False
     per: list[dict] = []
@@ -170,18 +242,18 @@ def quality(args) -> None:
 def store(args) -> None:
     import torch
 
-    from ragkit.generators._prompt import block_text, tokenize
-    from ragkit.indexers._kvstore import KVStore
+    from ragkit.kv.prompt import block_text, tokenize
+    from ragkit.kv.store import KVStore
 
     data = rows()
     texts = [block_text(gold(r)["text"], gold(r)["title"]) for r in data[: args.passages]]
     root = Path(tempfile.mkdtemp(prefix="bench-kvs-"))
     gens = generators(str(root), 1, 10, 0)
     g = gens["plain"]
-    eng, tok = g.__dict__["_engine"], g.__dict__["_tok"]
+    eng, tok = g._engine, g._tok
     blocks = [tokenize(tok, t) for t in texts]
     n_tok = sum(map(len, blocks))
-    cfg = g.__dict__["_model"].config
+    cfg = g._model.config
     out: dict = {"machine": machine(), "passages": len(texts), "tokens": n_tok, "layers": cfg.num_hidden_layers,
                  "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.hidden_size // cfg.num_attention_heads}
     t0 = time.perf_counter()
@@ -323,11 +395,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared 2-core machine, 2 threads stall on each other)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("ttft")
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 20, 40])
     t.add_argument("--out", default="")
+    t.add_argument("--synthetic", action="store_true", help="synthetic passages (default when ../shared/data is absent)")
+    t.add_argument("--dry-run", action="store_true", help="print what would be measured and stop")
     q = sub.add_parser("quality")
     q.add_argument("--passages", type=int, default=10)
     q.add_argument("--questions", type=int, default=100)
@@ -339,6 +415,15 @@ def main(argv=None) -> None:
     q.add_argument("--extra-ratios", type=lambda s: [float(x) for x in s.split(",") if x], default=[],
                    help="more blend recompute ratios to measure alongside, e.g. 0.3,0.5")
     q.add_argument("--out", default="")
+    b = sub.add_parser("throughput", help="questions/s at batch sizes (none / plain / blend)")
+    b.add_argument("--questions", type=int, default=8)
+    b.add_argument("--passages", type=int, default=5)
+    b.add_argument("--passage-tokens", type=int, default=128)
+    b.add_argument("--max-new-tokens", type=int, default=8)
+    b.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="")
     s = sub.add_parser("store")
     s.add_argument("--passages", type=int, default=100)
     sub.add_parser("report")
@@ -347,7 +432,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     RES.mkdir(parents=True, exist_ok=True)
-    {"ttft": ttft, "quality": quality, "store": store, "report": report}[args.cmd](args)
+    DEVICE.update(device=args.device, dtype=args.dtype)
+    {"ttft": ttft, "quality": quality, "store": store, "report": report, "throughput": throughput}[args.cmd](args)
 
 
 if __name__ == "__main__":

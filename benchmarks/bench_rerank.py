@@ -86,7 +86,7 @@ def throughput(args: argparse.Namespace) -> dict:
                 s_c = ce.predict(pairs, batch_size=args.batch_size, activation_fn=identity, show_progress_bar=False)
             res[name].append(len(pairs) / (time.perf_counter() - t))
     diff = float(np.max(np.abs(np.asarray(s_r) - np.asarray(s_c))))
-    lens = rk.__dict__["_tok"](qs, ps, truncation="only_second", max_length=512, return_length=True)["length"]
+    lens = rk._tok(qs, ps, truncation="only_second", max_length=512, return_length=True)["length"]
     out = {"pairs": len(pairs), "batch_size": args.batch_size, "rounds": args.rounds,
            "model": args.model or "minilm + untrained 1-logit head", "device": "cpu",
            "pair_tokens_mean": round(statistics.mean(lens), 1), "pair_tokens_max": max(lens),

@@ -1,6 +1,6 @@
 """``generator.hf``: answer with any transformers causal LM, optionally reusing passage KV states.
 
-Prompts follow :mod:`._prompt` (chat template when the model has one, numbered passages with
+Prompts follow :mod:`ragkit.kv.prompt` (chat template when the model has one, numbered passages with
 titles, the question last); answers carry citations (the doc ids of the passages cited as
 ``[n]``) and timings (``prefill_s`` = time to first token, ``decode_s``, ``tokens_per_s``).
 
@@ -30,7 +30,7 @@ from ragkit.records import Answer, Ranking
 from ragkit.registry import register
 from ragkit.stage import Generator, param
 
-from ._prompt import PromptTemplate, build_segments, glue_text, ids_hash, parse_citations, prefix_ids
+from ragkit.kv.prompt import PromptTemplate, build_segments, glue_text, parse_citations, prefix_ids
 
 TokenCallback = Callable[[str, str], None]   # (qid, text piece)
 
@@ -53,7 +53,7 @@ class HFGenerator(Generator):
     repetition_penalty: float = param(1.0, gt=0, help="penalty for repeating generated tokens (1 = off)")
     seed: int = param(-1, help="random seed for sampling (-1 = random)")
     stop: list[str] = param([], help="stop generating at any of these strings (not included)")
-    batch_size: int = param(8, ge=1, help="prompts per forward pass (kv_reuse: none)")
+    batch_size: int = param(8, ge=1, help="prompts per forward pass (every kv_reuse mode)")
     max_passages: int = param(10, ge=0, help="use at most this many top hits as passages")
     max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (0 = no cut)")
     system_prompt: str = param("", help="system message (empty = the built-in instructions)")
@@ -71,6 +71,8 @@ class HFGenerator(Generator):
                                         "(false: compute them with full attention at query time)")
     stream: bool = param(False, help="print answer tokens to stdout as they are generated")
 
+    _callback = None    # set_stream_callback(); kept across setup()
+
 
 
 
@@ -87,51 +89,38 @@ class HFGenerator(Generator):
 
     # -- setup -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from ._model import load_causal_lm
+        from ragkit.models import load_causal_lm
 
         attn = self.attn_implementation
         if attn == "auto" and self.kv_reuse != "none":
             attn = "sdpa"      # reuse passes custom 4-D masks (flash attention takes none)
-        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn,
-                                         base_dir=self.__dict__.get("_base_dir"))
+        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn, what="generator.hf",
+                                         base_dir=self._base_dir)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        d = self.__dict__
-        d["_tok"], d["_model"], d["_resolved"] = tok, model, res
-        d["_template"] = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
+        self._tok, self._model, self._resolved = tok, model, res
+        self._template = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
                                         instruction=self.instruction or PromptTemplate.instruction,
                                         use_chat_template=self.chat_template)
-        d["_prefix"] = prefix_ids(tok, d["_template"])
+        self._prefix = prefix_ids(tok, self._template)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tok.eos_token_id is not None:
             eos.append(tok.eos_token_id)
-        d["_eos"] = sorted(set(eos))
-        d["_model_lock"] = threading.Lock()
-        d.setdefault("_callback", None)
-        d["_engine"] = self._make_engine() if self.kv_reuse != "none" else None
+        self._eos = sorted(set(eos))
+        self._model_lock = threading.Lock()
+        self._engine = self._make_engine() if self.kv_reuse != "none" else None
 
     def _make_engine(self) -> Any:
-        from pathlib import Path
+        from ragkit.kv import open_engine
 
-        from ragkit.artifacts import cache_dir, resolve_path
-        from ragkit.indexers._kvstore import KVStore, tokenizer_fingerprint
-
-        from ._kvreuse import KVReuseEngine
-
-        d = self.__dict__
-        model, tok, res = d["_model"], d["_tok"], d["_resolved"]
-        root = resolve_path(self.kv_store, d.get("_base_dir")) if self.kv_store else cache_dir() / "kv"
-        store_dt = self.kv_store_dtype
-        if store_dt == "auto":
-            store_dt = str(next(model.parameters()).dtype).replace("torch.", "")
-        store = KVStore(Path(root), kv_namespace(res, tok, d["_prefix"]), storage_dtype=store_dt,
-                        memory_bytes=self.kv_memory_mb << 20, write=self.kv_write)
-        return KVReuseEngine(model, store, d["_prefix"])
+        return open_engine(self._model, self._tok, self._resolved, self._prefix, store=self.kv_store,
+                           base_dir=self._base_dir, store_dtype=self.kv_store_dtype, memory_mb=self.kv_memory_mb,
+                           write=self.kv_write)
 
     def set_stream_callback(self, fn: TokenCallback | None) -> "HFGenerator":
         """Call ``fn(qid, piece)`` with each piece of answer text as it is generated."""
-        self.__dict__["_callback"] = fn
+        self._callback = fn
         return self
 
     # -- running ---------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ class HFGenerator(Generator):
         return hits
 
     def _callback_for(self, qids: list[str]) -> Any:
-        cb = self.__dict__.get("_callback")
+        cb = self._callback
         if cb is None and self.stream:
             def cb(qid: str, piece: str) -> None:
                 sys.stdout.write(piece)
@@ -168,28 +157,27 @@ class HFGenerator(Generator):
             for i in range(0, len(batch), self.batch_size):
                 out += self._run_full(batch[i: i + self.batch_size])
         else:
-            for r in batch:
-                out.append(self._run_reuse(r))
+            for i in range(0, len(batch), self.batch_size):
+                part = batch[i: i + self.batch_size]
+                out += [self._run_reuse(part[0])] if len(part) == 1 else self._run_reuse_batch(part)
         return out
 
     def _segments(self, r: Ranking, hits: list[Any]) -> Any:
-        d = self.__dict__
-        return build_segments(d["_tok"], d["_template"], r.query.text,
+        return build_segments(self._tok, self._template, r.query.text,
                               [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
-                              self.max_passage_tokens, prefix=d["_prefix"])
+                              self.max_passage_tokens, prefix=self._prefix)
 
     def _run_full(self, batch: list[Ranking]) -> list[Answer]:
         import torch
 
         from ._decode import decode
 
-        d = self.__dict__
-        model = d["_model"]
+        model = self._model
         dev = next(model.parameters()).device
         hits = [self._passages(r) for r in batch]
         rows = [self._segments(r, h).ids() for r, h in zip(batch, hits)]
         T = max(len(x) for x in rows)
-        pad = d["_tok"].pad_token_id
+        pad = self._tok.pad_token_id
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), T, dtype=torch.long)
         for i, x in enumerate(rows):
@@ -198,11 +186,11 @@ class HFGenerator(Generator):
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cb = self._callback_for([r.qid for r in batch])
-        with d["_model_lock"], torch.no_grad():
+        with self._model_lock, torch.no_grad():
             t0 = time.perf_counter()
             res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            dec = decode(model, d["_tok"], res.logits[:, -1, :], output_cache(res), params=self._decode_params(),
-                         eos_ids=d["_eos"], next_pos=pos[:, -1] + 1, attention_mask=mask, on_token=cb, t_start=t0)
+            dec = decode(model, self._tok, res.logits[:, -1, :], output_cache(res), params=self._decode_params(),
+                         eos_ids=self._eos, next_pos=pos[:, -1] + 1, attention_mask=mask, on_token=cb, t_start=t0)
         return [self._answer(r, h, o, len(x), {}) for r, h, o, x in zip(batch, hits, dec, rows)]
 
     def _run_reuse(self, r: Ranking) -> Answer:
@@ -210,12 +198,11 @@ class HFGenerator(Generator):
 
         from ._decode import decode
 
-        d = self.__dict__
-        eng = d["_engine"]
+        eng = self._engine
         hits = self._passages(r)
         seg = self._segments(r, hits)
         cb = self._callback_for([r.qid])
-        with d["_model_lock"], torch.no_grad():
+        with self._model_lock, torch.no_grad():
             t0 = time.perf_counter()
             entries, computed = eng.get_blocks(seg.block_texts, seg.blocks)
             glues: list[Any] = seg.glues
@@ -227,10 +214,42 @@ class HFGenerator(Generator):
             pre = eng.prefill(glues, entries, seg.final, recompute_ratio=ratio, select_layers=self.select_layers,
                               reserve=self.max_new_tokens)
             nxt = torch.tensor([pre.length], device=pre.logits.device)
-            dec = decode(d["_model"], d["_tok"], pre.logits, pre.cache, params=self._decode_params(),
-                         eos_ids=d["_eos"], next_pos=nxt, on_token=cb, t_start=t0)
+            dec = decode(self._model, self._tok, pre.logits, pre.cache, params=self._decode_params(),
+                         eos_ids=self._eos, next_pos=nxt, on_token=cb, t_start=t0)
         extra = {"kv_load_s": t_kv, "kv_blocks_computed": computed, **pre.stats}
         return self._answer(r, hits, dec[0], pre.length, extra)
+
+    def _run_reuse_batch(self, batch: list[Ranking]) -> list[Answer]:
+        """Several rankings served together: blocks from the store, one batched prefill of the final
+        blocks over the assembled caches (:meth:`ragkit.kv.KVReuseEngine.prefill_batch`), batched decoding."""
+        import torch
+
+        from ._decode import decode
+
+        eng = self._engine
+        hits = [self._passages(r) for r in batch]
+        segs = [self._segments(r, h) for r, h in zip(batch, hits)]
+        cb = self._callback_for([r.qid for r in batch])
+        with self._model_lock, torch.no_grad():
+            t0 = time.perf_counter()
+            prompts, computed = [], []
+            for seg in segs:
+                entries, n = eng.get_blocks(seg.block_texts, seg.blocks)
+                glues: list[Any] = seg.glues
+                if self.cache_glue:
+                    glues, g = eng.get_blocks([glue_text(i + 1) for i in range(len(seg.glues))], seg.glues)
+                    n += g
+                prompts.append((glues, entries, seg.final))
+                computed.append(n)
+            t_kv = time.perf_counter() - t0
+            ratio = self.recompute_ratio if self.kv_reuse == "blend" else 0.0
+            pre = eng.prefill_batch(prompts, recompute_ratio=ratio, select_layers=self.select_layers,
+                                    reserve=self.max_new_tokens)
+            dec = decode(self._model, self._tok, pre.logits, pre.cache, params=self._decode_params(),
+                         eos_ids=self._eos, next_pos=pre.next_pos, attention_mask=pre.attention_mask,
+                         on_token=cb, t_start=t0)
+        return [self._answer(r, h, o, n_prompt, {"kv_load_s": t_kv, "kv_blocks_computed": c, **st})
+                for r, h, o, n_prompt, c, st in zip(batch, hits, dec, pre.lengths, computed, pre.stats)]
 
     def _answer(self, r: Ranking, hits: list[Any], o: Any, n_prompt: int, extra: dict) -> Answer:
         nums, bad = parse_citations(o.text, len(hits))
@@ -254,11 +273,3 @@ class HFGenerator(Generator):
         meta.update({k: v for k, v in extra.items() if not k.endswith("_s")})
         timings.update({k: float(v) for k, v in extra.items() if k.endswith("_s")})
         return Answer(r.qid, o.text, tuple(cites), timings, meta, ranking=r, query=r.query)
-
-
-def kv_namespace(res: Any, tokenizer: Any, prefix: list[int]) -> dict:
-    """What a passage-KV store entry depends on besides the passage text."""
-    from ragkit.indexers._kvstore import tokenizer_fingerprint
-
-    return {"model_id": res.model_id, "revision": res.revision, "tokenizer": tokenizer_fingerprint(tokenizer),
-            "prefix": ids_hash(prefix), "prefix_tokens": len(prefix)}

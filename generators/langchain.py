@@ -26,7 +26,7 @@ from ragkit.records import Answer, Ranking
 from ragkit.registry import register
 from ragkit.stage import Generator, param
 
-from ._prompt import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, block_text, glue_text, parse_citations
+from ragkit.kv.prompt import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, block_text, glue_text, parse_citations
 
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
@@ -66,6 +66,8 @@ class LangChainGenerator(Generator):
     stream: bool = param(False, help="stream tokens (to the callback, else stdout) and time the first one")
     max_concurrency: int = param(4, ge=1, help="parallel model calls in a batch")
 
+    _callback = None    # set_stream_callback(); kept across setup()
+
 
 
 
@@ -85,12 +87,11 @@ class LangChainGenerator(Generator):
             raise ConfigError(f"'{self.key}': parameter 'model' is {self.model!r}, but no LangChain model is "
                               f"registered under that name (registered: {known}). Call "
                               "ragkit.generators.langchain.register_model(name, model) first.")
-        self.__dict__["_llm"] = llm
-        self.__dict__.setdefault("_callback", None)
+        self._llm = llm
 
     def set_stream_callback(self, fn: Callable[[str, str], None] | None) -> "LangChainGenerator":
         """Call ``fn(qid, piece)`` with each streamed piece of text (implies streaming)."""
-        self.__dict__["_callback"] = fn
+        self._callback = fn
         return self
 
     def _input(self, r: Ranking) -> Any:
@@ -105,7 +106,7 @@ class LangChainGenerator(Generator):
         user = user_message(r.query.text, [(h.text, (h.meta or {}).get("title")) for h in hits],
                             instruction=self.instruction or DEFAULT_INSTRUCTION)
         system = self.system_prompt or DEFAULT_SYSTEM
-        if isinstance(self.__dict__["_llm"], BaseChatModel):
+        if isinstance(self._llm, BaseChatModel):
             return [SystemMessage(system), HumanMessage(user)], hits
         return f"{system}\n\n{user}\nAnswer:", hits
 
@@ -117,10 +118,10 @@ class LangChainGenerator(Generator):
         return str(content)
 
     def run(self, batch: list[Ranking]) -> list[Answer]:
-        llm = self.__dict__["_llm"]
+        llm = self._llm
         prepared = [self._input(r) for r in batch]
         kw = {"stop": list(self.stop)} if self.stop else {}
-        cb = self.__dict__.get("_callback")
+        cb = self._callback
         timings: list[dict] = []
         if self.stream or cb is not None:
             texts = []

@@ -23,8 +23,8 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.artifacts import cache_dir
-from ragkit.errors import ConfigError, MissingDependencyError
-from ragkit.models import ResolvedModel, resolve_model
+from ragkit.errors import ConfigError
+from ragkit.models import ResolvedModel, pick_device, resolve_model
 
 
 def text_keys(model_id: str, prefix: str, normalize: bool, texts: Sequence[str]) -> np.ndarray:
@@ -113,14 +113,6 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 class Encoder:
     """Batched text encoder with query/document prefixes, normalisation, fp16 on GPU and a disk cache."""
 
@@ -170,9 +162,7 @@ class Encoder:
         if r.kind != "hf":
             raise ConfigError(f"model '{self.model_name}' is a {r.kind} model ({r.file}); dense retrieval needs "
                               f"a sentence-transformers / transformers encoder folder (e.g. 'minilm').")
-        if self.device == "cuda" and not _cuda_available():
-            raise MissingDependencyError("device 'cuda' asked for, but torch sees no CUDA GPU. Install a CUDA "
-                                         "build of torch with `pip install 'ragkit[gpu]'` or use device: cpu.")
+        pick_device(self.device, "dense encoding")   # an unavailable GPU is a clear error, never a fallback
         st = require("sentence_transformers", "dense encoding")
         self._model = st.SentenceTransformer(str(r.path), device=self.device, local_files_only=True)
         if self.max_length is not None:
@@ -238,7 +228,7 @@ def show_progress(stage: Any) -> bool:
     """The stage's ``_progress`` setting; None means: only when stderr is a terminal."""
     import sys
 
-    p = stage.__dict__.get("_progress")
+    p = stage._progress
     if p is None:
         return bool(getattr(sys.stderr, "isatty", lambda: False)())
     return bool(p)

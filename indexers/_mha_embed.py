@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.errors import ConfigError, MissingDependencyError, ModelNotFoundError
-from ragkit.models import ResolvedModel, materialize_gguf, resolve_model
+from ragkit.errors import ConfigError, ModelNotFoundError
+from ragkit.models import ResolvedModel, materialize_gguf, pick_device, resolve_model
 
 # <layer number>.<attention module>.<output projection>
 PROJ_PATTERN = re.compile(
@@ -82,8 +82,7 @@ class MultiHeadEmbedder:
         self.standard = standard
         torch = require("torch", "multi-head embeddings")
         transformers = require("transformers", "multi-head embeddings")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise MissingDependencyError("device 'cuda' asked for, but torch sees no CUDA GPU; use device: cpu.")
+        pick_device(device, "multi-head embeddings")   # an unavailable GPU is a clear error
         folder = materialize_gguf(self.resolved)
         try:
             self.config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)

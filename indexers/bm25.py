@@ -341,13 +341,13 @@ class BM25Indexer(Stage):
         return TokenizerConfig(self.lowercase, self.stopwords, self.stemmer, self.token_pattern)
 
     def folder(self) -> Path:
-        return resolve_path(self.path, self.__dict__.get("_base_dir"))
+        return resolve_path(self.path, self._base_dir)
 
     def build(self, batch: Sequence[Chunk | Document]) -> BM25Index:
         """Build the index in memory (no writing)."""
         return build_index(as_chunks(batch), k1=self.k1, b=self.b, delta=self.delta, method=self.method,
                            tokenizer=self.tokenizer_config, store_text=self.store_text,
-                           progress=self.__dict__.get("_progress"))
+                           progress=self._progress)
 
     def index_folder(self) -> Path:
         """The folder this indexer writes (Pipeline.build_index keeps its corpus manifest there)."""

@@ -49,10 +49,10 @@ class _Chunker(Stage):
         raise NotImplementedError
 
     def _tokenize(self, text: str) -> Spans:
-        return self.__dict__["_tok"](text)
+        return self._tok(text)
 
     def _load_tokenizer(self, name: str) -> None:
-        self.__dict__["_tok"] = get_tokenizer(name, self.__dict__.get("_base_dir"))
+        self._tok = get_tokenizer(name, self._base_dir)
 
     def split(self, text: str) -> list[str]:
         """Convenience: the chunk texts of one string."""
@@ -83,7 +83,7 @@ class _Chunker(Stage):
 
 
 def _progress(batch: list[Any], stage: Stage) -> Iterable[Any]:
-    show = stage.__dict__.get("_progress")
+    show = stage._progress
     if show is None:
         show = len(batch) >= 1000 and sys.stderr.isatty()
     if not show:

@@ -60,6 +60,7 @@ class DenseIndexer(Stage):
 
     input_kind = CHUNKS
     output_kind = CHUNKS
+    _encoder = None    # the Encoder, loaded on first use
 
     def validate(self) -> None:
         check_path_param(self.key, self.path)
@@ -68,17 +69,17 @@ class DenseIndexer(Stage):
                               f"nprobe must be <= nlist.")
 
     def folder(self) -> Path:
-        return resolve_path(self.path, self.__dict__.get("_base_dir"))
+        return resolve_path(self.path, self._base_dir)
 
     def encoder(self):
-        enc = self.__dict__.get("_encoder")
+        enc = self._encoder
         if enc is None:
             from ._encoder import Encoder
 
             enc = Encoder(self.model, device=self.device, batch_size=self.batch_size, normalize=self.normalize,
                           query_prefix=self.query_prefix, doc_prefix=self.doc_prefix, max_length=self.max_length,
-                          cache=self.cache, base_dir=self.__dict__.get("_base_dir"))
-            object.__setattr__(self, "_encoder", enc)
+                          cache=self.cache, base_dir=self._base_dir)
+            self._encoder = enc
         return enc
 
     def _setup(self) -> None:
@@ -118,7 +119,7 @@ class DenseIndexer(Stage):
         else:
             idx = DenseIndex.build(vecs, chunk_ids, doc_ids, texts, titles, self.index_params(enc.dim), STAGE_KEY)
         idx.save(folder)
-        object.__setattr__(self, "_last", idx)
+        self._last = idx
         return batch
 
     def _check_compatible(self, folder: Path, stored: dict, dim: int) -> None:

@@ -1,5 +1,7 @@
 """``indexer.kv``: precompute the passage KV store for ``generator.hf`` with ``kv_reuse``.
 
+A client of :mod:`ragkit.kv` (as ``generator.hf`` is): it loads the model with
+:func:`ragkit.models.load_causal_lm` and opens the same store namespace with :func:`ragkit.kv.open_engine`.
 Each chunk becomes one passage block (``" Title: <title>\\n<text>"``, as the generator formats it),
 encoded on its own after the shared prefix of the generator's prompt, in batches, and written to
 the store (safetensors, one file per block). Blocks already in the store are skipped, so the stage
@@ -40,27 +42,31 @@ class KVIndexer(Stage):
     output_kind = CHUNKS
 
     def _setup(self) -> None:
-        from ragkit.generators.hf import HFGenerator
+        from ragkit.kv import PromptTemplate, open_engine, prefix_ids
+        from ragkit.models import load_causal_lm
 
-        gen = HFGenerator(model=self.model, device=self.device, dtype=self.dtype, kv_reuse="plain",
-                          kv_store=self.store, kv_store_dtype=self.store_dtype, kv_memory_mb=0,
-                          max_passage_tokens=self.max_passage_tokens, system_prompt=self.system_prompt,
-                          chat_template=self.chat_template)
-        gen.__dict__["_base_dir"] = self.__dict__.get("_base_dir")
-        gen.setup()
-        self.__dict__["_gen"] = gen
+        # the same model, prompt prefix and store namespace as generator.hf with these settings
+        tok, model, res = load_causal_lm(self.model, self.device, self.dtype, "sdpa", base_dir=self._base_dir,
+                                         what=f"'{self.key}'")
+        template = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
+                                  use_chat_template=self.chat_template)
+        self._tok = tok
+        self._engine = open_engine(model, tok, res, prefix_ids(tok, template), store=self.store,
+                                   base_dir=self._base_dir, store_dtype=self.store_dtype, memory_mb=0, write=True)
 
     @property
     def kv_store(self) -> Any:
-        """The underlying :class:`~ragkit.indexers._kvstore.KVStore` (after setup)."""
-        return self.setup().__dict__["_gen"].__dict__["_engine"].store
+        """The underlying :class:`ragkit.kv.KVStore` (after setup)."""
+        return self.setup()._engine.store
 
     def run(self, batch: list[Chunk]) -> list[Chunk]:
-        from ragkit.generators._prompt import block_text, glue_text, tokenize
+        import sys
 
-        gen = self.__dict__["_gen"]
-        eng = gen.__dict__["_engine"]
-        tok = gen.__dict__["_tok"]
+        from tqdm.auto import tqdm
+
+        from ragkit.kv import block_text, glue_text, tokenize
+
+        tok, eng = self._tok, self._engine
         store = eng.store
         todo: dict[str, list[int]] = {}
         for c in batch:
@@ -78,22 +84,13 @@ class KVIndexer(Stage):
                 todo[g] = tokenize(tok, g)
         # similar lengths together: less padding per batch
         items = sorted(todo.items(), key=lambda kv: len(kv[1]))
-        progress = self.__dict__.get("_progress")
-        from tqdm.auto import tqdm
-        import sys
-
-        show = progress if progress is not None else sys.stderr.isatty()
+        show = self._progress if self._progress is not None else sys.stderr.isatty()
         bar = tqdm(total=len(items), desc="passage KV", unit="passage", disable=not show)
         t0 = time.perf_counter()
-        for i in range(0, len(items), self.batch_size):
-            part = items[i: i + self.batch_size]
-            with gen.__dict__["_model_lock"]:
-                for (bt, _), kv in zip(part, eng.encode_blocks([ids for _, ids in part])):
-                    store.put(bt, kv)
-            bar.update(len(part))
+        eng.precompute(items, self.batch_size, on_batch=bar.update)
         bar.close()
-        self.__dict__["_last_stats"] = {"computed": len(items), "skipped": len(batch) + self.max_rank - len(items),
-                                        "seconds": time.perf_counter() - t0, "store": str(store.folder)}
+        self._last_stats = {"computed": len(items), "skipped": len(batch) + self.max_rank - len(items),
+                            "seconds": time.perf_counter() - t0, "store": str(store.folder)}
         return list(batch)
 
     def store_folder(self) -> Path:

@@ -50,19 +50,20 @@ class MHAIndexer(Stage):
 
     input_kind = CHUNKS
     output_kind = CHUNKS
+    _emb = None        # the MultiHeadEmbedder, loaded on first use
 
     def validate(self) -> None:
         check_path_param(self.key, self.path)
 
     def embedder(self):
-        emb = self.__dict__.get("_emb")
+        emb = self._emb
         if emb is None:
             from ._mha_embed import MultiHeadEmbedder
 
             emb = MultiHeadEmbedder(self.model, layer=self.layer, pooling=self.pooling, device=self.device,
                                     batch_size=self.batch_size, max_length=self.max_length,
-                                    base_dir=self.__dict__.get("_base_dir"))
-            object.__setattr__(self, "_emb", emb)
+                                    base_dir=self._base_dir)
+            self._emb = emb
         return emb
 
     def _setup(self) -> None:
@@ -113,7 +114,7 @@ class MHAIndexer(Stage):
                   "importance": {"a": a.tolist(), "b": b.tolist(), "s": s.tolist(), "sample": self.sample,
                                  "seed": self.seed},
                   "content_hash": content_hash(zip(ids, (c.doc_id for c in batch), texts))}
-        folder = resolve_path(self.path, self.__dict__.get("_base_dir"))
+        folder = resolve_path(self.path, self._base_dir)
         with atomic_folder(folder, STAGE_KEY) as tmp:
             for i in range(emb.num_heads):
                 x = np.ascontiguousarray(embs[:, i, :], dtype=np.float32)

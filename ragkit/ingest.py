@@ -139,10 +139,51 @@ class _Options:
     title_field: str = "title"
     on_error: str = "fail"
     on_empty: str = "skip"
+    hints: bool = True      # end errors with how to skip such input (false where no such setting exists)
 
     def manifest_options(self, fmt: str) -> dict[str, Any]:
         return {"format": fmt, "id_field": self.id_field, "text_field": self.text_field,
                 "title_field": self.title_field, "on_empty": self.on_empty, "reader_version": READER_VERSION}
+
+
+def json_lines(path: Path, name: str | None = None) -> Iterator[tuple[int, str, Any, str | None]]:
+    """The one JSON-lines reader: ``(line number, "file:line", record, None)`` per non-blank line, or
+    ``(line number, where, None, reason)`` for a line that is not UTF-8 or not JSON (the caller fails
+    or skips). Reads ``.gz`` transparently and drops a UTF-8 byte-order mark. A file whose first
+    character is ``[`` is one JSON array: a single ``(0, name, bytes of the file, None)`` is yielded.
+    ``OSError``/``EOFError`` propagate. Used by :class:`_Reader` (corpora) and by
+    :mod:`ragkit.eval.datasets` (queries, answers, dataset files)."""
+    name = str(path) if name is None else name
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        head = f.read(4096)
+        lead = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        f.seek(0)
+        if lead == b"[":
+            yield 0, name, f.read(), None
+            return
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, start = raw[3:], 3
+            if not raw.strip():
+                continue
+            where = f"{name}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, where, None, (f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset "
+                                            f"{start + exc.start} of the file cannot be decoded ({exc.reason})")
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                msg = getattr(exc, "msg", str(exc))
+                col = getattr(exc, "colno", None)
+                yield lineno, where, None, f"broken JSON line ({msg}{f' at column {col}' if col else ''})"
+                continue
+            yield lineno, where, rec, None
 
 
 class _Reader:
@@ -156,7 +197,8 @@ class _Reader:
     def bad(self, where: str, reason: str) -> None:
         """An unreadable file or record: fail, or record it as skipped (never silently)."""
         if self.opts.on_error == "fail":
-            raise DataError(f"{where}: {reason}. (Set on_error: skip to skip such input and list it in the report.)")
+            hint = " (Set on_error: skip to skip such input and list it in the report.)" if self.opts.hints else ""
+            raise DataError(f"{where}: {reason}.{hint}")
         self._skip(where, reason)
 
     def _skip(self, where: str, reason: str) -> None:
@@ -169,14 +211,15 @@ class _Reader:
     def make(self, doc_id: str, text: str, title: str | None, where: str, meta: dict | None = None) -> Document | None:
         if not text.strip():
             if self.opts.on_empty == "fail":
-                raise DataError(f"{where}: empty text for doc id {doc_id!r}. (Set on_empty: skip to skip "
-                                f"empty documents and list them in the report.)")
+                hint = (" (Set on_empty: skip to skip empty documents and list them in the report.)"
+                        if self.opts.hints else "")
+                raise DataError(f"{where}: empty text for doc id {doc_id!r}.{hint}")
             self._skip(where, f"empty text (doc id {doc_id!r})")
             return None
         first = self.seen.get(doc_id)
         if first is not None:
-            raise DataError(f"duplicate doc id {doc_id!r}: {first} and {where}. Doc ids must be unique; "
-                            f"fix the data or drop '{self.opts.id_field}' to number records by line.")
+            raise DataError(f"duplicate doc id {doc_id!r}: {first} and {where}. Doc ids must be unique; fix the data"
+                            + (f" or drop '{self.opts.id_field}' to number records by line." if self.opts.hints else "."))
         self.seen[doc_id] = where
         m = {"title": title} if title else {}
         m["source"] = where
@@ -219,7 +262,8 @@ class _Reader:
         if o.text_field not in rec:
             fields = ", ".join(map(str, rec)) or "(none)"
             self.bad(where, f"no field '{o.text_field}' (the text field); fields here: {fields}."
-                            f"{did_you_mean(o.text_field, map(str, rec))} Set text_field to the field holding the text")
+                            f"{did_you_mean(o.text_field, map(str, rec))}"
+                            + (" Set text_field to the field holding the text" if o.hints else ""))
             return None
         text = rec[o.text_field]
         if text is None:
@@ -241,39 +285,17 @@ class _Reader:
 
     def jsonl(self, path: Path, name: str) -> Iterator[Document]:
         stem = _stem(path)
-        opener = gzip.open if path.suffix == ".gz" else open
         try:
-            with opener(path, "rb") as f:
-                head = f.read(4096)
-                lead = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-                f.seek(0)
-                if lead == b"[":
-                    yield from self._json_array(f.read(), name, stem)
+            for lineno, where, rec, err in json_lines(path, name):
+                if lineno == 0:            # the file is one JSON array
+                    yield from self._json_array(rec, name, stem)
                     return
-                offset = 0
-                for lineno, raw in enumerate(f, 1):
-                    start, offset = offset, offset + len(raw)
-                    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                        raw, start = raw[3:], 3
-                    if not raw.strip():
-                        continue
-                    where = f"{name}:{lineno}"
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        self.bad(where, f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {start + exc.start} "
-                                        f"of the file cannot be decoded ({exc.reason})")
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except ValueError as exc:
-                        msg = getattr(exc, "msg", str(exc))
-                        col = getattr(exc, "colno", None)
-                        self.bad(where, f"broken JSON line ({msg}{f' at column {col}' if col else ''})")
-                        continue
-                    doc = self.record(rec, where, f"{stem}:{lineno}")
-                    if doc is not None:
-                        yield doc
+                if err is not None:
+                    self.bad(where, err)
+                    continue
+                doc = self.record(rec, where, f"{stem}:{lineno}")
+                if doc is not None:
+                    yield doc
         except (OSError, EOFError) as exc:
             self.bad(name, f"cannot read ({exc})")
             return

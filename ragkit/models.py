@@ -1,4 +1,9 @@
-"""Offline model resolution: short names, local paths, the local Hugging Face cache. Never downloads.
+"""Offline model resolution and loading: short names, local paths, the local Hugging Face cache. Never downloads.
+
+The one module every stage uses to find and load weights: :func:`resolve_model` (where the weights
+are), :func:`transformers_folder` (a folder ``from_pretrained`` can read, GGUF dequantised once),
+:func:`pick_device` / :func:`pick_dtype` (``auto`` choices; an unavailable CUDA device is an error)
+and :func:`load_causal_lm` (generators and the LLM reranker).
 
 ``resolve_model(name)`` maps a model name to a :class:`ResolvedModel`:
 
@@ -19,11 +24,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotFoundError
 
 __all__ = ["ResolvedModel", "ShortName", "SHORT_NAMES", "resolve_model", "installed_models",
-           "materialize_gguf", "ModelNotFoundError"]
+           "materialize_gguf", "transformers_folder", "folder_revision", "pick_device", "pick_dtype",
+           "load_causal_lm", "ModelNotFoundError"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,11 @@ class ResolvedModel:
     def file(self) -> Path | None:
         """The GGUF file, for kind ``gguf``."""
         return self.path / self.gguf_file if self.path is not None and self.gguf_file else None
+
+    @property
+    def revision(self) -> str:
+        """A fingerprint of the weights (:func:`folder_revision` of ``path``; the id for the hash embedder)."""
+        return folder_revision(self.path) if self.path is not None else self.id
 
 
 @dataclass(frozen=True)
@@ -242,3 +254,88 @@ def materialize_gguf(resolved: ResolvedModel) -> Path:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
     return out
+
+
+# -- loading (one place for every stage: device, dtype, causal LMs, transformers folders) ------------
+def transformers_folder(name: str, *, base_dir: str | Path | None = None, role: str = "this stage") -> ResolvedModel:
+    """Resolve ``name`` to a transformers folder: a ResolvedModel of kind ``hf`` whose ``path`` can be
+    passed to ``from_pretrained`` (a GGUF model is dequantised once by :func:`materialize_gguf`; ``id``
+    and ``source`` still say what the weights are). The hash embedder is refused with a clear error."""
+    res = resolve_model(name, base_dir=base_dir)
+    if res.kind == "hash":
+        raise ModelNotFoundError(f"model '{name}' is the fake hash embedder; {role} needs a real transformers "
+                                 f"checkpoint (a short name, a local folder or a cached hub id). {_help_text()}")
+    if res.kind == "gguf":
+        from dataclasses import replace
+
+        res = replace(res, kind="hf", path=Path(materialize_gguf(res)), gguf_file=None)
+    return res
+
+
+def folder_revision(folder: str | Path) -> str:
+    """Content identity of the weights in ``folder``: a hash of its weight, config and tokenizer files'
+    bytes plus the numeric library versions (:func:`ragkit.model_identity.model_identity`)."""
+    from .model_identity import model_identity
+
+    return model_identity(folder)
+
+
+def pick_device(device: str, what: str = "this stage") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. An explicit ``cuda``/``cuda:N``/``mps``
+    that is not available raises :class:`MissingDependencyError` (never a silent move to the CPU)."""
+    from ._deps import require
+    from .errors import MissingDependencyError
+
+    torch = require("torch", what)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MissingDependencyError(f"device '{device}' asked for, but torch sees no CUDA GPU. Install a CUDA "
+                                     f"build of torch (`pip install 'ragkit[gpu]'`) or use device: cpu (or auto).")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MissingDependencyError("device 'mps' asked for, but torch sees no Apple GPU; use device: cpu (or auto).")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """``auto`` -> bfloat16 (float16 without bf16 support) on CUDA, float32 elsewhere."""
+    from ._deps import require
+
+    torch = require("torch", "model loading")
+    if dtype == "auto":
+        if str(device).startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto", *,
+                   base_dir: str | Path | None = None, what: str = "generation") -> tuple[Any, Any, ResolvedModel]:
+    """Load (tokenizer, model, ResolvedModel) of a causal LM, offline, in eval mode on the chosen device.
+
+    ``attn="auto"``: flash attention 2 on CUDA with a half dtype when ``flash_attn`` is installed, else sdpa.
+    A folder that transformers cannot load raises :class:`ModelNotFoundError` naming the model.
+    """
+    from ._deps import require
+
+    transformers = require("transformers", what, extra="llm")
+    torch = require("torch", what, extra="llm")
+    res = transformers_folder(name, base_dir=base_dir, role=what)
+    if not (res.path / "config.json").exists():
+        raise ModelNotFoundError(f"model '{name}': {res.path} holds no config.json (not a transformers causal LM folder).")
+    dev = pick_device(device, what)
+    dt = pick_dtype(dtype, dev)
+    impl = attn
+    if impl == "auto":
+        impl = "sdpa"
+        if dev.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None and dt != torch.float32:
+            impl = "flash_attention_2"
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(res.path), local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(res.path), dtype=dt, attn_implementation=impl,
+                                                                  local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"model '{name}' ({res.path}) could not be loaded as a causal LM offline: {exc}") from exc
+    model.to(dev)
+    model.eval()
+    return tok, model, res

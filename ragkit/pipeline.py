@@ -87,7 +87,7 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> "Pipeline":
         for s in self.index_stages + self.stages:
-            s.__dict__["_base_dir"] = self.base_dir
+            s.bind_context(base_dir=self.base_dir)
         if not self.__dict__.get("_indexes_checked"):
             check_indexes_agree(self.stages, self.base_dir)
             self.__dict__["_indexes_checked"] = True
@@ -164,8 +164,7 @@ class Pipeline:
         self.check(complete=True)
         self.__dict__.pop("_indexes_checked", None)
         for s in self.index_stages:
-            s.__dict__["_base_dir"] = self.base_dir
-            s.__dict__["_progress"] = progress
+            s.bind_context(base_dir=self.base_dir, progress=progress)
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
         protect = self._protected_paths()
         with build_context(protect=protect):

@@ -4,7 +4,8 @@ A stage is a plain class whose keyword-only constructor arguments *are* its conf
 Subclasses declare parameters as annotated class attributes with :func:`param`; the class is
 turned into a keyword-only dataclass, so stages print, compare and pickle by their
 configuration. Heavy state (models, indexes) is loaded in :meth:`Stage.setup`, never in
-``__init__``, lives in private ``_attributes`` and is dropped when pickling.
+``__init__``, lives in private ``_attributes`` (plain, unannotated; see :class:`Stage`) and is
+dropped when pickling.
 """
 from __future__ import annotations
 
@@ -261,6 +262,25 @@ class Stage(Configurable):
     input_kind: ClassVar[str] = RANKINGS
     output_kind: ClassVar[str] = RANKINGS
 
+    # Loaded state and run context are plain private attributes, never annotated (an annotation
+    # would make them dataclass fields, i.e. configuration). They are set by ``_setup()`` (models,
+    # indexes) or by :meth:`bind_context` (the pipeline's folder and progress setting), read as
+    # ``self._name``, excluded from equality and repr, and dropped when pickled or copied with
+    # ``dataclasses.replace`` -- ``setup()`` loads them again. Class-level defaults below (and in
+    # subclasses, for state read before setup) make every such read safe.
+    _ready = False          # set by setup() once _setup() has run
+    _base_dir = None        # folder relative paths in parameters are resolved against (the pipeline file's)
+    _progress = None        # show progress bars: True/False, or None = when stderr is a terminal
+
+    def bind_context(self, *, base_dir: Any = MISSING, progress: Any = MISSING) -> "Stage":
+        """Set the run context (not configuration): the folder relative paths resolve against, and
+        whether long work shows progress bars (what is not given is kept). Pipelines call this."""
+        if base_dir is not MISSING:
+            self._base_dir = base_dir
+        if progress is not MISSING:
+            self._progress = progress
+        return self
+
     def needs(self) -> frozenset[str]:
         return frozenset()
 
@@ -270,12 +290,12 @@ class Stage(Configurable):
     # -- lifecycle -----------------------------------------------------------------------------
     def setup(self) -> "Stage":
         """Load models/indexes. Safe to call twice and from several threads."""
-        if self.__dict__.get("_ready"):
+        if self._ready:
             return self
-        with self.__dict__["_lock"]:
-            if not self.__dict__.get("_ready"):
+        with self._lock:
+            if not self._ready:
                 self._setup()
-                object.__setattr__(self, "_ready", True)
+                self._ready = True
         return self
 
     def _setup(self) -> None:

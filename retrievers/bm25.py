@@ -64,7 +64,7 @@ class BM25Retriever(Retriever):
         return out | {f"tokenizer.{n}": v for n, v in tok.items()}
 
     def _setup(self) -> None:
-        folder = resolve_path(self.index, self.__dict__.get("_base_dir"))
+        folder = resolve_path(self.index, self._base_dir)
         idx = BM25Index.load(folder, mmap=self.mmap)
         stored = {n: idx.params.get(n) for n in _SCORING}
         stored |= {f"tokenizer.{n}": v for n, v in idx.params.get("tokenizer", {}).items()}
@@ -72,17 +72,17 @@ class BM25Retriever(Retriever):
         if self.text and not idx.params.get("store_text", True):
             raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so `text: true` "
                                      f"has no texts to give; rebuild it with store_text: true or drop text: true.")
-        self.__dict__["_idx"] = idx
-        self.__dict__["_tok"] = Tokenizer(idx.tokenizer_config)
+        self._idx = idx
+        self._tok = Tokenizer(idx.tokenizer_config)
 
     def search_ids(self, text: str) -> tuple[Any, Any]:
         """Rows and scores of one query text (after setup)."""
-        idx: BM25Index = self.__dict__["_idx"]
-        return idx.search(self.__dict__["_tok"].encode_query(text, idx.vocab_ids), self.k)
+        idx: BM25Index = self._idx
+        return idx.search(self._tok.encode_query(text, idx.vocab_ids), self.k)
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        idx: BM25Index = self.__dict__["_idx"]
-        tok: Tokenizer = self.__dict__["_tok"]
+        idx: BM25Index = self._idx
+        tok: Tokenizer = self._tok
         vocab, ids, doc_ids, k, with_text = idx.vocab_ids, idx.ids, idx.doc_ids, self.k, self.text
         out = []
         for q in batch:

@@ -51,7 +51,7 @@ class DenseRetriever(Retriever):
         from ragkit.indexers._faiss import DenseIndex
         from ragkit.models import resolve_model
 
-        base = self.__dict__.get("_base_dir")
+        base = self._base_dir
         folder = resolve_path(self.index, base)
         idx = DenseIndex.load(folder, expect_key=INDEX_KEY, mmap=self.mmap)
         p = idx.params
@@ -79,11 +79,11 @@ class DenseRetriever(Retriever):
                                      f"{enc.model_id!r} gives {enc.dim}-d. Rebuild the index with this encoder.")
         if self.device == "cuda":
             idx.to_gpu()
-        object.__setattr__(self, "_idx", idx)
-        object.__setattr__(self, "_enc", enc)
+        self._idx = idx
+        self._enc = enc
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        idx, enc = self.__dict__["_idx"], self.__dict__["_enc"]
+        idx, enc = self._idx, self._enc
         if len(idx) == 0:
             return [Ranking(q) for q in batch]
         qv = enc.encode_queries([q.text for q in batch])

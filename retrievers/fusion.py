@@ -48,7 +48,7 @@ class _Fusion(Retriever):
 
     def _setup(self) -> None:
         for r in self.retrievers:
-            r.__dict__["_base_dir"] = self.__dict__.get("_base_dir")
+            r.bind_context(base_dir=self._base_dir, progress=self._progress)
             r.setup()
 
     def run(self, batch: list[Query]) -> list[Ranking]:

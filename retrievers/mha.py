@@ -53,7 +53,7 @@ class MHARetriever(Retriever):
         from ragkit.indexers.mha import head_file
 
         faiss = require("faiss", "multi-head retrieval")
-        base = self.__dict__.get("_base_dir")
+        base = self._base_dir
         folder = resolve_path(self.index, base)
         p = read_params(folder, expect_key=INDEX_KEY, required=("model", "model_id", "layer", "pooling", "max_length",
                                                                 "num_heads", "head_dim", "count", "importance"))
@@ -82,9 +82,9 @@ class MHARetriever(Retriever):
                 raise IndexArtifactError(f"{f}: head index has {idx.ntotal} x {idx.d}, expected "
                                          f"{p['count']} x {emb.head_dim}; rebuild the index.")
             heads.append(idx)
-        object.__setattr__(self, "_p", p)
-        object.__setattr__(self, "_emb", emb)
-        object.__setattr__(self, "_heads", heads)
+        self._p = p
+        self._emb = emb
+        self._heads = heads
         object.__setattr__(self, "_s", s if self.importance == "paper" else np.ones_like(s))
         store = DocStore.load(folder)
         if len(store) != int(p["count"]):
@@ -97,10 +97,10 @@ class MHARetriever(Retriever):
         from ragkit._deps import require
 
         faiss = require("faiss", "multi-head retrieval")
-        p, emb = self.__dict__["_p"], self.__dict__["_emb"]
+        p, emb = self._p, self._emb
         q = emb.encode([p.get("query_prefix", "") + x.text for x in batch])  # [B, H, d]
         out: list[list[np.ndarray]] = [[] for _ in batch]
-        for i, idx in enumerate(self.__dict__["_heads"]):
+        for i, idx in enumerate(self._heads):
             x = np.ascontiguousarray(q[:, i, :], dtype=np.float32)
             if p.get("normalize", True):
                 faiss.normalize_L2(x)
@@ -110,13 +110,13 @@ class MHARetriever(Retriever):
         return out
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        store: DocStore = self.__dict__["_store"]
+        store: DocStore = self._store
         if len(store) == 0:
             return [Ranking(q) for q in batch]
         c = self.c or self.k
         out = []
         for q, per_head in zip(batch, self.head_rankings(batch, c)):
-            votes = vote(per_head, self.__dict__["_s"])
+            votes = vote(per_head, self._s)
             top = sorted(votes.items(), key=lambda t: (-t[1], store.doc_ids[t[0]], store.ids[t[0]]))[: self.k]
             hits = []
             for r, v in top:

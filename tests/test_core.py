@@ -33,7 +33,7 @@ def test_stage_print_compare_pickle():
     assert repr(s) == "ListRetriever(k=3, text=True)"
     assert s == ListRetriever(k=3, text=True) and s != ListRetriever(k=4, text=True)
     s.setup()
-    s.__dict__["_model"] = object()  # loaded state is not pickled
+    s._model = object()  # loaded state is not pickled
     t = pickle.loads(pickle.dumps(s))
     assert t == s and "_model" not in t.__dict__
 

@@ -160,12 +160,12 @@ def _write(folder, name, text):
 
 
 @pytest.mark.parametrize("name, text, match", [
-    ("corpus.jsonl", '{"doc_id": "d1", "text": "x"}\n{"doc_id": "d2", "text": \n', r"corpus.jsonl:2: invalid JSON"),
-    ("corpus.jsonl", '{"doc_id": "d1", "text": "x"}\n{"doc_id": "d2"}\n', r"corpus.jsonl:2: missing field 'text'"),
-    ("corpus.jsonl", '{"doc_id": "d1", "text": 5}\n', r"corpus.jsonl:1: field 'text' must be a string"),
+    ("corpus.jsonl", '{"doc_id": "d1", "text": "x"}\n{"doc_id": "d2", "text": \n', r"corpus.jsonl:2: broken JSON line"),
+    ("corpus.jsonl", '{"doc_id": "d1", "text": "x"}\n{"doc_id": "d2"}\n', r"corpus.jsonl:2: no field 'text'"),
+    ("corpus.jsonl", '{"doc_id": "d1", "text": 5}\n', r"corpus.jsonl:1: field 'text' is a int, expected a string"),
     ("corpus.jsonl", '{"doc_id": "d1", "text": "x"}\n{"doc_id": "d1", "text": "y"}\n',
-     r"corpus.jsonl:2: field 'doc_id': duplicate id 'd1' \(first on line 1\)"),
-    ("corpus.jsonl", '["d1", "x"]\n', r"corpus.jsonl:1: expected a JSON object"),
+     r"duplicate doc id 'd1': \S*corpus.jsonl:1 and \S*corpus.jsonl:2"),
+    ("corpus.jsonl", '["d1", "x"]\n', r"corpus.jsonl\[0\]: expected an object"),
     ("queries.jsonl", '{"qid": "q1", "text": "  "}\n', r"queries.jsonl:1: field 'text' is empty"),
     ("qrels.tsv", "q1 0 d1 1\nq1 0 d2 high\n", r"qrels.tsv:2: field 'grade' must be an integer"),
     ("qrels.tsv", "q1 0 d1 1\nq1 d2\n", r"qrels.tsv:2: expected 4 columns"),

@@ -12,7 +12,7 @@ import_or_unavailable("torch", "llm")
 import_or_unavailable("transformers", "llm")
 
 from ragkit.errors import ConfigError, ModelNotFoundError, PipelineError, StageInputError  # noqa: E402
-from ragkit.generators._prompt import (PromptTemplate, build_segments, parse_citations,  # noqa: E402
+from ragkit.kv.prompt import (PromptTemplate, build_segments, parse_citations,  # noqa: E402
                                        prefix_ids)
 from ragkit.generators.hf import HFGenerator  # noqa: E402
 from ragkit.pipeline import Pipeline  # noqa: E402

@@ -20,9 +20,9 @@ transformers = import_or_unavailable("transformers", "llm")
 
 from ragkit._hfcompat import cache_kw, output_cache  # noqa: E402
 from ragkit.errors import ConfigError, IndexArtifactError  # noqa: E402
-from ragkit.generators._kvreuse import (KVReuseEngine, _buffer_cache, _cache_kv, check_supported, rotate_keys,  # noqa: E402
+from ragkit.kv.reuse import (KVReuseEngine, _buffer_cache, _cache_kv, check_supported, rotate_keys,  # noqa: E402
                                        rotate_keys_into)
-from ragkit.indexers._kvstore import KVStore, PassageKV  # noqa: E402
+from ragkit.kv.store import KVStore, PassageKV  # noqa: E402
 
 from ._tinylm import make_tiny_lm  # noqa: E402
 
@@ -351,9 +351,9 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
               Chunk("c3", "d3", "berlin is the capital of germany .", 0, 34)]
     ix = KVIndexer(model=str(lm), store=str(tmp_path / "kv"), batch_size=2)
     assert ix(chunks) == chunks
-    assert ix.__dict__["_last_stats"]["computed"] == 3 + 20     # passages + glue blocks [1]..[20]
+    assert ix._last_stats["computed"] == 3 + 20     # passages + glue blocks [1]..[20]
     ix(chunks)
-    assert ix.__dict__["_last_stats"]["computed"] == 0         # incremental
+    assert ix._last_stats["computed"] == 0         # incremental
     hits = tuple(Hit("q", c.doc_id, 3.0 - i, 0, c.text, c.chunk_id, c.meta) for i, c in enumerate(chunks))
     r = Ranking(Query("q", "who wrote animal farm ?"), hits)
     for mode in ("plain", "blend"):
@@ -361,7 +361,7 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
         assert a.meta["kv_blocks_computed"] == 0
     # batched block encoding (right padding) equals one-by-one encoding
     assert ix.kv_store.disk_bytes() > 0
-    e = HFGenerator(model=str(lm), kv_reuse="plain", kv_store=str(tmp_path / "kv2")).setup().__dict__["_engine"]
+    e = HFGenerator(model=str(lm), kv_reuse="plain", kv_store=str(tmp_path / "kv2")).setup()._engine
     blocks = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
     together = e.encode_blocks(blocks)
     for b, t in zip(blocks, together):
@@ -372,7 +372,7 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
 # -- real SmolLM2 ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smol():
-    from ragkit.generators._model import load_causal_lm
+    from ragkit.models import load_causal_lm
 
     try:
         tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
@@ -384,7 +384,7 @@ def smol():
 @pytest.mark.model
 def test_smollm2_exactness(smol):
     tok, model = smol
-    from ragkit.generators._prompt import PromptTemplate, build_segments, prefix_ids
+    from ragkit.kv.prompt import PromptTemplate, build_segments, prefix_ids
 
     t = PromptTemplate()
     texts = ["Paris is the capital and most populous city of France, on the Seine.",

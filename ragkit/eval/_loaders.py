@@ -1,7 +1,6 @@
 """Readers for the built-in collections, each in its original file format, read in place."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -157,14 +156,9 @@ def _load_json(path: Path) -> Any:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(_need(path), "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}).") from None
+    from .datasets import _jsonl
+
+    return _jsonl(_need(path))
 
 
 def _field(path: Path, where: str, row: dict, name: str) -> Any:

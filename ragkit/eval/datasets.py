@@ -223,25 +223,21 @@ def load_dataset(name_or_path: "str | Path | Dataset", *, data_dir: str | Path |
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per line of a JSON-lines file, through the one line reader
+    :func:`ragkit.ingest.json_lines`; any bad line is a DataError naming file and line."""
+    from ..ingest import json_lines
+
     try:
-        fh = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror}).") from None
-    with fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}).") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}.")
-                yield lineno, row
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}:{lineno + 1}: not UTF-8 text (byte {exc.start}).") from None
+        for lineno, where, row, err in json_lines(path):
+            if lineno == 0:
+                raise DataError(f"{path}:1: expected JSON lines (one object per line), got one JSON array.")
+            if err is not None:
+                raise DataError(f"{where}: {err}.")
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+            yield lineno, row
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc}).") from None
 
 
 def _str_field(path: Path, lineno: int, row: dict, name: str, *, ids: bool = False, optional: bool = False) -> Any:
@@ -262,17 +258,13 @@ def _str_field(path: Path, lineno: int, row: dict, name: str, *, ids: bool = Fal
 
 
 def read_corpus_jsonl(path: Path) -> list[Document]:
-    docs, seen = [], {}
-    for lineno, row in _jsonl(path):
-        did = _str_field(path, lineno, row, "doc_id", ids=True)
-        text = _str_field(path, lineno, row, "text")
-        title = _str_field(path, lineno, row, "title", optional=True)
-        if did in seen:
-            raise DataError(f"{path}:{lineno}: field 'doc_id': duplicate id {did!r} (first on line {seen[did]}).")
-        seen[did] = lineno
-        meta = {k: v for k, v in row.items() if k not in ("doc_id", "text")}
-        docs.append(Document(did, text, meta))
-    return docs
+    """corpus.jsonl (``doc_id``, ``text``, optional ``title``) through ragkit's one corpus reader,
+    :class:`ragkit.ingest._Reader` (what :func:`ragkit.ingest.read_documents` uses), failing on the first bad record or empty text."""
+    from ..ingest import _Options, _Reader
+
+    reader = _Reader(_Options("jsonl", "doc_id", "text", "title", on_error="fail", on_empty="fail", hints=False),
+                     str(path), False)
+    return list(reader.jsonl(path, str(path)))
 
 
 def read_queries_jsonl(path: Path) -> list[Query]:

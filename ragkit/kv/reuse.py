@@ -1,6 +1,6 @@
 """Block-attention passage-KV reuse with exact RoPE re-rotation and CacheBlend selective recompute.
 
-Assembly of one prompt (segments from :mod:`._prompt`) at query time:
+Assembly of one prompt (segments from :mod:`ragkit.kv.prompt`) at query time:
 
 1. the shared prefix KV (computed once per model and prompt template);
 2. for each retrieved passage in ranked order: its glue tokens (``[i]``, rank-dependent, never
@@ -42,7 +42,7 @@ from typing import Any, Sequence
 from ragkit._deps import require
 from ragkit._hfcompat import cache_kw, output_cache
 from ragkit.errors import ConfigError
-from ragkit.indexers._kvstore import KVStore, PassageKV
+from .store import KVStore, PassageKV
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -307,6 +307,17 @@ class PrefillResult:
     recomputed: list = field(default_factory=list)   # positions (< the final block) recomputed
 
 
+@dataclass
+class BatchPrefill:
+    logits: Any                 # [B, vocab] next-token logits after each prompt's final block
+    cache: Any                  # DynamicCache of the batch (left-padded assembled parts, right-padded finals)
+    attention_mask: Any         # [B, columns] 1 where a row has a real token (continue it while decoding)
+    next_pos: Any               # LongTensor [B]: position id of each row's first generated token
+    lengths: list               # prompt length of each row in tokens
+    stats: list                 # per-row stats (as PrefillResult.stats)
+    recomputed: list            # per-row recomputed positions
+
+
 class KVReuseEngine:
     """Computes passage blocks after a shared prefix, stores them, and assembles prompts."""
 
@@ -393,6 +404,22 @@ class KVReuseEngine:
                 out[i] = kv
         return out, len(missing)  # type: ignore[return-value]
 
+    def precompute(self, items: Sequence[tuple[str, Sequence[int]]], batch_size: int = 8,
+                   on_batch: Any = None) -> int:
+        """Compute and store the blocks ``(block text, token ids)`` not yet in the store, ``batch_size``
+        per forward pass (give them sorted by length for little padding); ``on_batch(n)`` after each
+        batch. Returns how many were computed."""
+        if self.store is None:
+            raise ConfigError("KVReuseEngine.precompute needs a store (open the engine with ragkit.kv.open_engine).")
+        todo = [(t, list(b)) for t, b in items if b and t not in self.store]
+        for i in range(0, len(todo), batch_size):
+            part = todo[i: i + batch_size]
+            for (t, _), kv in zip(part, self.encode_blocks([b for _, b in part])):
+                self.store.put(t, kv)
+            if on_batch is not None:
+                on_batch(len(part))
+        return len(todo)
+
     # -- assembly ------------------------------------------------------------------------------------
     def prefill(self, glues: Sequence[Any], entries: Sequence[PassageKV], final: Sequence[int],
                 *, recompute_ratio: float = 0.0, select_layers: int = 1, reserve: int = 0) -> PrefillResult:
@@ -406,42 +433,14 @@ class KVReuseEngine:
         torch = require("torch")
         t0 = time.perf_counter()
         pk, pv = self.prefix_kv()
-        P = len(self.prefix)
         L = len(pk)
-        ids: list[int] = list(self.prefix)
-        recompute: list[int] = []          # positions always recomputed (uncached glue)
-        passage_pos: list[int] = []        # positions of cached passage tokens
-        glue_pos: list[int] = []           # positions of cached glue blocks (selectable in blend)
-        layout: list[tuple[int, PassageKV | None, int]] = []   # (offset, cached entry or None, length)
-        pos = P
-        for g, e in zip(glues, entries):
-            for item, into in ((g, glue_pos), (e, passage_pos)):
-                if isinstance(item, PassageKV):
-                    layout.append((pos, item, item.n_tokens))
-                    into += range(pos, pos + item.n_tokens)
-                    ids += item.ids.tolist()
-                    pos += item.n_tokens
-                elif item:                 # uncached glue tokens: zeros now, recomputed below
-                    layout.append((pos, None, len(item)))
-                    recompute += range(pos, pos + len(item))
-                    ids += list(item)
-                    pos += len(item)
-        N = pos
+        ids, recompute, passage_pos, glue_pos, layout, N = self._layout(glues, entries)
         H, D = pk[0].shape[1], pk[0].shape[-1]
         # one buffer per layer with room for the final block and the decoded tokens; every position
         # < N is written below (uncached glue with zeros: it is masked, but must not hold NaN garbage)
         cap = N + len(final) + max(0, reserve)
         Kall, Vall = self._buffers((L, 1, H, cap, D))
-        for layer in range(L):
-            Kall[layer, 0, :, :P] = pk[layer][0]
-            Vall[layer, 0, :, :P] = pv[layer][0]
-        for off, e, n in layout:
-            if e is None:
-                Kall[:, 0, :, off:off + n] = 0
-                Vall[:, 0, :, off:off + n] = 0
-            else:
-                rotate_keys_into(Kall[:, 0, :, off:off + n], e.keys, off - e.start, self.inv_freq)
-                Vall[:, 0, :, off:off + n] = e.values
+        self._write_assembled(Kall[:, 0], Vall[:, 0], layout)
         kbuf, vbuf = list(Kall), list(Vall)     # per-layer [1, H, cap, D] views
         stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
                                  "assemble_s": time.perf_counter() - t0}
@@ -469,6 +468,141 @@ class KVReuseEngine:
             logits = self._recompute_and_final(cache, ids, R, N, fin, start)
         stats["forward_s"] = time.perf_counter() - t2
         return PrefillResult(logits, cache, N + len(fin), stats, R)
+
+    def _layout(self, glues: Sequence[Any], entries: Sequence[Any]) -> tuple[list[int], list[int], list[int],
+                                                                            list[int], list[tuple], int]:
+        """Where everything of one prompt goes: (token ids of positions < N, positions always recomputed
+        (uncached glue), positions of cached passage tokens, positions of cached glue blocks,
+        [(offset, cached entry or None, length)], N)."""
+        ids: list[int] = list(self.prefix)
+        recompute: list[int] = []          # positions always recomputed (uncached glue)
+        passage_pos: list[int] = []        # positions of cached passage tokens
+        glue_pos: list[int] = []           # positions of cached glue blocks (selectable in blend)
+        layout: list[tuple[int, PassageKV | None, int]] = []   # (offset, cached entry or None, length)
+        pos = len(self.prefix)
+        for g, e in zip(glues, entries):
+            for item, into in ((g, glue_pos), (e, passage_pos)):
+                if isinstance(item, PassageKV):
+                    layout.append((pos, item, item.n_tokens))
+                    into += range(pos, pos + item.n_tokens)
+                    ids += item.ids.tolist()
+                    pos += item.n_tokens
+                elif item:                 # uncached glue tokens: zeros now, recomputed below
+                    layout.append((pos, None, len(item)))
+                    recompute += range(pos, pos + len(item))
+                    ids += list(item)
+                    pos += len(item)
+        return ids, recompute, passage_pos, glue_pos, layout, pos
+
+    def _write_assembled(self, K: Any, V: Any, layout: Sequence[tuple]) -> None:
+        """Write the prefix and the (re-rotated) cached blocks of one prompt into ``K``/``V``
+        ``[layers, H, >= N, D]`` (position p at index p); uncached glue positions get zeros."""
+        pk, pv = self.prefix_kv()
+        P = len(self.prefix)
+        for layer in range(len(pk)):
+            K[layer, :, :P] = pk[layer][0]
+            V[layer, :, :P] = pv[layer][0]
+        for off, e, n in layout:
+            if e is None:
+                K[:, :, off:off + n] = 0
+                V[:, :, off:off + n] = 0
+            else:
+                rotate_keys_into(K[:, :, off:off + n], e.keys, off - e.start, self.inv_freq)
+                V[:, :, off:off + n] = e.values
+
+    def prefill_batch(self, prompts: Sequence[tuple[Sequence[Any], Sequence[PassageKV], Sequence[int]]], *,
+                      recompute_ratio: float = 0.0, select_layers: int = 1, reserve: int = 0) -> "BatchPrefill":
+        """Assemble several prompts ``(glues, entries, final)`` into one left-padded batch cache and
+        prefill all their final blocks in one forward pass; the result continues with batched decoding.
+
+        Layout: with N_b the assembled length of prompt b and M = max N_b, prompt b's position p sits
+        in column ``M - N_b + p`` (columns before it are padding, masked and zero); every final block
+        starts at column M (right-padded to the longest final block, the padding masked) and decoded
+        tokens follow. Position ids are the real positions, so each row computes exactly what
+        :meth:`prefill` computes for it alone (the tests check logits and caches to 1e-4).
+
+        Recomputed tokens (uncached glue; ``blend``'s selected tokens) are computed per prompt, in place
+        in that prompt's rows of the batch buffers, by the same selection and recompute passes as
+        :meth:`prefill` (without its final block, which attends to nothing a recomputed token needs);
+        the final blocks then run together. In ``plain`` mode with cached glue (the default) nothing is
+        recomputed and the batch is one forward pass.
+        """
+        torch = require("torch")
+        t0 = time.perf_counter()
+        if not prompts:
+            raise ValueError("prefill_batch needs at least one prompt")
+        pk, _ = self.prefix_kv()
+        L, H, D = len(pk), pk[0].shape[1], pk[0].shape[-1]
+        lays = [self._layout(g, e) for g, e, _ in prompts]
+        finals = [list(f) for _, _, f in prompts]
+        if any(not f for f in finals):
+            raise ValueError("every prompt needs a non-empty final block")
+        Ns = [lay[5] for lay in lays]
+        M, Fm, B = max(Ns), max(len(f) for f in finals), len(prompts)
+        cap = M + Fm + max(0, reserve)
+        Kall, Vall = self._buffers((L, B, H, cap, D))
+        Kall[:, :, :, :M].zero_()       # padding columns must hold no NaN garbage (they are masked)
+        Vall[:, :, :, :M].zero_()
+        stats: list[dict[str, Any]] = []
+        recomputed: list[list[int]] = []
+        t_asm = 0.0
+        with torch.no_grad():
+            for b, ((ids, recompute, passage_pos, glue_pos, layout, N), fin) in enumerate(zip(lays, finals)):
+                ta = time.perf_counter()
+                o = M - N
+                self._write_assembled(Kall[:, b, :, o:], Vall[:, b, :, o:], layout)
+                st: dict[str, Any] = {"prompt_tokens": N + len(fin), "passage_tokens": len(passage_pos)}
+                t_asm += time.perf_counter() - ta
+                sel: list[int] = []
+                R = sorted(recompute)
+                if recompute_ratio > 0 and passage_pos or R:
+                    # this prompt's rows of the batch buffers as a single-prompt cache (position p = column o + p)
+                    row = _buffer_cache(self.model, [Kall[i, b:b + 1, :, o:] for i in range(L)],
+                                        [Vall[i, b:b + 1, :, o:] for i in range(L)], N)
+                    start = None
+                    if recompute_ratio > 0 and passage_pos:
+                        t1 = time.perf_counter()
+                        n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
+                        if n_sel >= len(passage_pos):
+                            sel = list(passage_pos) + glue_pos
+                        else:
+                            cand = passage_pos + glue_pos
+                            dev, start = self._select_pass(row, ids + fin, cand, select_layers)
+                            top = torch.topk(dev, n_sel).indices.tolist()
+                            sel = sorted(cand[i] for i in top)
+                        st["select_s"] = time.perf_counter() - t1
+                    R = sorted(set(recompute) | set(sel))
+                    if R:
+                        t2 = time.perf_counter()
+                        self._recompute_and_final(row, ids, R, N, [], start)
+                        st["recompute_s"] = time.perf_counter() - t2
+                st["recomputed_tokens"] = len(R)
+                st["recomputed_passage_tokens"] = len(sel)
+                stats.append(st)
+                recomputed.append(R)
+            # the final blocks of every prompt in one forward pass over the batch cache
+            t3 = time.perf_counter()
+            cache = _buffer_cache(self.model, list(Kall), list(Vall), M)
+            self._spare = (self._spare[0], self._spare[1], weakref.ref(cache)) if self._spare else None
+            pad = 0
+            inp = torch.full((B, Fm), pad, dtype=torch.long, device=self.device)
+            pos = torch.zeros(B, Fm, dtype=torch.long, device=self.device)
+            mask = torch.zeros(B, M + Fm, dtype=torch.long, device=self.device)
+            for b, (N, fin) in enumerate(zip(Ns, finals)):
+                inp[b, :len(fin)] = torch.tensor(fin, dtype=torch.long)
+                pos[b] = torch.arange(N, N + Fm)
+                mask[b, M - N: M + len(fin)] = 1
+            out = self.base(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            last = torch.tensor([len(f) - 1 for f in finals], device=self.device)
+            h = out.last_hidden_state[torch.arange(B, device=self.device), last]
+            logits = self.model.lm_head(h)
+        t_fwd = time.perf_counter() - t3
+        for st in stats:
+            st["assemble_s"] = t_asm / B
+            st["forward_s"] = t_fwd
+            st["batch"] = B
+        lengths = [N + len(f) for N, f in zip(Ns, finals)]
+        return BatchPrefill(logits, cache, mask, torch.tensor(lengths, device=self.device), lengths, stats, recomputed)
 
     def _buffers(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """Key and value buffers of ``shape`` for one prompt's cache.
