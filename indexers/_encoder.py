@@ -139,16 +139,18 @@ class Encoder:
     def model_id(self) -> str:
         return self.resolved.id
 
+    _cache_id: str | None = None   # computed on first use
+
     @property
     def cache_id(self) -> str:
         """The model as the cache knows it: id plus a content hash of the weights (ragkit.model_identity)."""
-        cid = self.__dict__.get("_cache_id")
+        cid = self._cache_id
         if cid is None:
             from ragkit.model_identity import model_identity
 
             r = self.resolved
             cid = f"{r.id}\x1f{model_identity(r.path if r.kind == 'hf' else None, name=r.id)}"
-            self.__dict__["_cache_id"] = cid
+            self._cache_id = cid
         return cid
 
     def _load(self) -> None:

@@ -124,17 +124,19 @@ class MultiHeadEmbedder:
     def model_id(self) -> str:
         return self.resolved.id
 
+    _cache_id: str | None = None   # computed on first use
+
     @property
     def cache_id(self) -> str:
         """The model as the cache knows it: id plus a content hash of the weights (ragkit.model_identity)."""
-        cid = self.__dict__.get("_cache_id")
+        cid = self._cache_id
         if cid is None:
             from ragkit.model_identity import model_identity
 
             r = self.resolved
             folder = materialize_gguf(r) if r.kind != "hash" else None
             cid = f"{r.id}\x1f{model_identity(folder, name=r.id)}"
-            self.__dict__["_cache_id"] = cid
+            self._cache_id = cid
         return cid
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -129,4 +129,4 @@ class MHAIndexer(Stage):
 
     def index_folder(self) -> Path:
         """The folder this indexer writes (Pipeline.build_index checks it before building)."""
-        return resolve_path(self.path, self.__dict__.get("_base_dir"))
+        return resolve_path(self.path, self._base_dir)

@@ -25,6 +25,8 @@ HIT_FIELDS = frozenset({"qid", "query", "doc_id", "score", "rank"})
 class Pipeline:
     """An ordered list of query stages, plus optional corpus, index stages and eval defaults."""
 
+    _indexes_checked = False   # set by setup() once the retrievers' indexes were found to agree
+
     def __init__(self, stages: Sequence[Stage] = (), *, index: Sequence[Stage] = (),
                  corpus: CorpusSpec | None = None, evaluation: EvalSpec | None = None,
                  name: str = "", description: str = "", base_dir: str | Path | None = None) -> None:
@@ -88,9 +90,9 @@ class Pipeline:
     def setup(self) -> "Pipeline":
         for s in self.index_stages + self.stages:
             s.bind_context(base_dir=self.base_dir)
-        if not self.__dict__.get("_indexes_checked"):
+        if not self._indexes_checked:
             check_indexes_agree(self.stages, self.base_dir)
-            self.__dict__["_indexes_checked"] = True
+            self._indexes_checked = True
         for s in self.stages:
             s.setup()
         return self
@@ -162,7 +164,7 @@ class Pipeline:
         from .artifacts import build_context, check_target, corpus_record
 
         self.check(complete=True)
-        self.__dict__.pop("_indexes_checked", None)
+        self._indexes_checked = False
         for s in self.index_stages:
             s.bind_context(base_dir=self.base_dir, progress=progress)
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]

@@ -60,7 +60,7 @@ class CrossEncoderReranker(RerankerBase):
         try:
             path = str(adapter) if adapter is not None else self._model_path()
         except ModelNotFoundError as exc:
-            base = self.__dict__.get("_base_dir")
+            base = self._base_dir
             target = Path(self.model).expanduser()
             if not target.is_absolute() and base is not None:
                 target = Path(os.path.relpath(Path(base) / target))
@@ -93,7 +93,7 @@ class CrossEncoderReranker(RerankerBase):
     def _adapter_folder(self) -> Path | None:
         """The local folder of a LoRA checkpoint (it has ``adapter_config.json``, no ``config.json``)."""
         p = Path(self.model).expanduser()
-        base = self.__dict__.get("_base_dir")
+        base = self._base_dir
         if not p.is_absolute() and base is not None:
             p = Path(base) / p
         return p if (p / "adapter_config.json").is_file() else None
@@ -112,7 +112,7 @@ class CrossEncoderReranker(RerankerBase):
         if "classifier" not in saved:
             raise ConfigError(f"'{self.key}': the adapter in {path} does not carry its classification head "
                               f"(modules_to_save {sorted(saved)}); its scores would come from a random head.")
-        base = resolve_model(base_name, self.__dict__.get("_base_dir"))
+        base = resolve_model(base_name, self._base_dir)
         try:
             tok = tf.AutoTokenizer.from_pretrained(path)
             verbosity = tf.logging.get_verbosity()

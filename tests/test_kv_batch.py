@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from ragkit.kv import KVReuseEngine  # noqa: E402
 from ragkit.kv.reuse import _cache_kv  # noqa: E402
+from ragkit._hfcompat import cache_kw, output_cache  # noqa: E402
 
 from ._tinylm import make_tiny_lm  # noqa: E402
 
@@ -80,13 +81,13 @@ def test_batched_decoding_continues_each_row_like_its_single_prompt(tiny):
         toks = torch.tensor([[3 + 7 * step + b] for b in range(3)])
         mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
         with torch.no_grad():
-            out = tiny(input_ids=toks, position_ids=pos.unsqueeze(1), attention_mask=mask, past_key_values=cache,
+            out = tiny(input_ids=toks, position_ids=pos.unsqueeze(1), attention_mask=mask, **cache_kw(cache),
                        use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
             for b in range(3):
                 o = tiny(input_ids=toks[b:b + 1], position_ids=torch.tensor([[s_pos[b]]]),
-                         past_key_values=s_caches[b], use_cache=True)
-                s_caches[b] = o.past_key_values
+                         **cache_kw(s_caches[b]), use_cache=True)
+                s_caches[b] = output_cache(o)
                 s_pos[b] += 1
                 assert torch.allclose(out.logits[b, -1], o.logits[0, -1], atol=ATOL, rtol=0), (step, b)
         pos = pos + 1

@@ -592,7 +592,7 @@ class KVReuseEngine:
                 inp[b, :len(fin)] = torch.tensor(fin, dtype=torch.long)
                 pos[b] = torch.arange(N, N + Fm)
                 mask[b, M - N: M + len(fin)] = 1
-            out = self.base(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            out = self.base(input_ids=inp, attention_mask=mask, position_ids=pos, **cache_kw(cache), use_cache=True)
             last = torch.tensor([len(f) - 1 for f in finals], device=self.device)
             h = out.last_hidden_state[torch.arange(B, device=self.device), last]
             logits = self.model.lm_head(h)
