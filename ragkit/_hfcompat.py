@@ -4,9 +4,9 @@ transformers renamed the cache argument of every forward (models, decoder layers
 ``create_causal_mask``) and the cache field of its outputs from ``past_key_values`` to ``cache``;
 the old names still work in 5.2x but warn (``FutureWarning: past_key_values is deprecated and will
 be removed in version 5.40.0``). ragkit passes and reads the cache through these helpers, which use
-``cache`` when the installed transformers has it and ``past_key_values`` on older releases inside
-ragkit's supported range (see pyproject.toml and scripts/check_min_versions.sh), so no ragkit call
-uses a deprecated name.
+``cache`` when the installed transformers has it and ``past_key_values`` on releases before the
+rename (see pyproject.toml for the supported range and scripts/check_min_versions.sh for its
+test), so no ragkit call uses a deprecated name.
 """
 from __future__ import annotations
 
