@@ -46,7 +46,7 @@ from ragkit.registry import register
 from ragkit.stage import CHUNKS, Stage, param
 
 from ._graph_records import DEFAULT_ENTITY_TYPES, Extraction
-from ._graph_store import GraphIndex, VectorTable
+from ._graph_store import FastVectorTable, GraphIndex, VectorTable
 
 KEY = "indexer.graph"
 FORMAT = 1
@@ -416,7 +416,7 @@ def _read_vectors(folder: Path, dim: int, mmap: bool = False) -> dict[str, Vecto
         if v.ndim != 2 or len(v) != len(k) or (len(k) and v.shape[1] != dim):
             raise IndexArtifactError(f"{folder / (name + '.npy')}: {v.shape} vectors for {len(k)} keys of "
                                      f"dimension {dim}; the index is inconsistent, rebuild it.")
-        out[name] = VectorTable(list(k), v)
+        out[name] = FastVectorTable(list(k), v)
     return out
 
 

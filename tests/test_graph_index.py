@@ -430,3 +430,15 @@ def test_params_json_records_stats(tmp_path, rules_model):
     assert p["stage"] == "indexer.graph" and p["model_id"] and p["dim"] == 256
     assert p["stats"]["entities"] == len(load_graph_index(tmp_path / "g").graph)
     assert p["stats"]["chunks"] == 4 and p["stats"]["documents"] == 3
+
+
+def test_fast_vector_table_equals_the_contract_search():
+    from ragkit.indexers._graph_store import FastVectorTable, VectorTable
+
+    rng = np.random.default_rng(3)
+    vecs = rng.integers(-2, 3, size=(500, 8)).astype(np.float32)   # many exact ties
+    keys = [f"k{i:03d}" for i in range(500)]
+    q = rng.integers(-2, 3, size=(6, 8)).astype(np.float32)
+    for k in (1, 5, 37, 499, 500, 900):
+        assert FastVectorTable(keys, vecs).search(q, k) == VectorTable(keys, vecs).search(q, k)
+    assert FastVectorTable([], np.zeros((0, 8), np.float32)).search(q, 3) == [[]] * 6
