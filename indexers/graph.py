@@ -333,7 +333,7 @@ class GraphIndexer(Stage):
                  "dropped_total": sum(dropped.values()),
                  "entity_records": sum(len(e.entities) for e in state.extractions.values()),
                  "relation_records": sum(len(e.relations) for e in state.extractions.values()), **stats}
-        llm = self.llm() if self.extractor == "llm" else None
+        llm = self.llm() if self.uses_llm() else None
         params = {"stage": KEY, "format": FORMAT, "extractor": self.extractor,
                   "extractor_id": self.extractor_identity(), "model": self.model, "model_id": enc.model_id,
                   "dim": enc.dim, "normalize": True, "summarize": self.summarize, "gleaning": self.gleaning,
@@ -473,14 +473,21 @@ def _forget(folder: Path) -> None:
         _CACHE.pop(str(Path(folder).resolve()), None)
 
 
-def load_graph_index(path: str | Path, *, model: str = "", device: str = "cpu",
+def load_graph_index(path: str | Path, *, model: str = "", extractor: str = "", device: str = "cpu",
                      base_dir: str | Path | None = None) -> GraphIndex:
     """Load an ``indexer.graph`` folder as a :class:`GraphIndex` (cached per folder until it is rewritten).
 
-    ``encode`` is the index's own encoder (queries); ``model`` may name it again (an error when it
-    resolves to another model). ``params`` is the folder's params.json (extractor, encoder, stats).
+    ``encode`` is the index's own encoder (queries); ``model`` may name it again and ``extractor``
+    (``spacy`` / ``llm``) the extractor the caller expects: either differing from the index is an
+    IndexArtifactError. ``params`` is the folder's params.json (extractor, encoder, stats).
     """
     folder = resolve_path(path, base_dir)
+    if extractor:
+        stored = read_params(folder, expect_key=KEY).get("extractor")
+        if stored != extractor:
+            raise IndexArtifactError(f"{folder}: graph index was built with the {stored!r} extractor, but "
+                                     f"{extractor!r} was asked for. Rebuild the index with extractor: {extractor} "
+                                     "or drop the setting.")
     key = str(folder.resolve())
     stamp = _stamp(folder)
     with _CACHE_LOCK:

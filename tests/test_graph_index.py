@@ -243,6 +243,9 @@ def test_load_errors(tmp_path, rules_model):
     llm_indexer(tmp_path / "g", rules_model)(chunks())
     with pytest.raises(IndexArtifactError, match="built with encoder"):
         load_graph_index(tmp_path / "g", model="minilm")
+    with pytest.raises(IndexArtifactError, match="'llm' extractor, but 'spacy'"):
+        load_graph_index(tmp_path / "g", extractor="spacy")
+    assert load_graph_index(tmp_path / "g", extractor="llm", model="hash").params["extractor"] == "llm"
     (tmp_path / "g" / "graph.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(IndexArtifactError, match="graph.json"):
         load_graph_index(tmp_path / "g")
