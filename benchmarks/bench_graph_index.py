@@ -203,12 +203,13 @@ def part_load(args) -> None:
     ix = GraphIndexer(path=str(tmp / "g"), model="hash-384")
     ix._save(tmp / "g", st, {}, vecs, {"synthetic": True})
     gen_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(3):
         _forget(tmp / "g")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         idx = load_graph_index(tmp / "g")
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     t0 = time.perf_counter()
     load_graph_index(tmp / "g")
     cached_s = time.perf_counter() - t0
@@ -220,14 +221,19 @@ def part_load(args) -> None:
     res = {"env": env(), "entities": idx.graph.number_of_nodes(), "relations": idx.graph.number_of_edges(),
            "chunks": len(idx.chunk_texts), "dim": dim, "folder_mb": folder_mb(tmp / "g"),
            "generate_and_write_s": round(gen_s, 2), "load_s_runs": [round(t, 2) for t in times],
-           "load_s_best": round(min(times), 2), "load_cached_s": round(cached_s, 6),
+           "load_s_best": round(min(times), 2),
+           "load_cpu_s_runs": [round(t, 2) for t in cpu], "load_cpu_s_best": round(min(cpu), 2), "load_cached_s": round(cached_s, 6),
            "entity_search_ms": round(search_ms, 2)}
     shutil.rmtree(tmp, ignore_errors=True)
     md = (f"# load_graph_index on a synthetic {res['entities']:,}-entity graph\n\n"
-          f"| entities | relations | chunks | folder MB | cold load s (best of 3) | runs | cached load s | "
-          f"entity search ms (exact, 1 query) |\n|---|---|---|---|---|---|---|---|\n"
+          f"| entities | relations | chunks | folder MB | cold load wall s (best of 3) | wall runs | "
+          f"cold load CPU s (best of 3) | cached load s | entity search ms (exact, 1 query) |\n"
+          f"|---|---|---|---|---|---|---|---|---|\n"
           f"| {res['entities']:,} | {res['relations']:,} | {res['chunks']:,} | {res['folder_mb']} | "
-          f"{res['load_s_best']} | {res['load_s_runs']} | {res['load_cached_s']} | {res['entity_search_ms']} |\n\n"
+          f"{res['load_s_best']} | {res['load_s_runs']} | {res['load_cpu_s_best']} | {res['load_cached_s']} | "
+          f"{res['entity_search_ms']} |\n\n"
+          f"CPU s is the process's own CPU time: on this oversubscribed machine (see the load average) wall "
+          f"time is several times the work done.\n\n"
           f"Written by the indexer's own writer (node-link JSON graph, 384-d float32 tables, DocStore); cold = "
           f"the per-folder cache cleared, so JSON parsing, graph construction, texts and vectors are all read.\n")
     write(f"graph_index_load{args.suffix}", md, res)

@@ -221,6 +221,11 @@ def test_index_folder_and_graph_index_contract(tmp_path, rules_model):
         assert n == normalize_name(a["name"]) and a["source_ids"] and isinstance(a["description"], str)
     for u, v, a in g.edges(data=True):
         assert isinstance(a["keywords"], list) and a["weight"] > 0 and a["source_ids"]
+    import networkx as nx
+
+    raw = nx.node_link_graph(json.loads((folder / "graph.json").read_text()), edges="edges")   # plain networkx
+    assert sorted(raw.nodes) == sorted(g.nodes) and raw.number_of_edges() == g.number_of_edges()
+    assert raw.nodes["acme"]["description"] == g.nodes["acme"]["description"]
     assert idx.entities.keys == sorted(g.nodes)
     assert idx.relations.keys == sorted(tuple(sorted(e)) for e in g.edges)
     assert idx.chunk_docs == {c.chunk_id: c.doc_id for c in chunks()}
