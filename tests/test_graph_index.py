@@ -450,3 +450,23 @@ def test_fast_vector_table_equals_the_contract_search():
     for k in (1, 5, 37, 499, 500, 900):
         assert FastVectorTable(keys, vecs).search(q, k) == VectorTable(keys, vecs).search(q, k)
     assert FastVectorTable([], np.zeros((0, 8), np.float32)).search(q, 3) == [[]] * 6
+
+
+def test_hf_backend_mechanics_with_a_tiny_random_lm(tmp_path):
+    """The hf backend end to end on a tiny random Llama: its (garbage) replies are parsed without a crash,
+    counted, cached, and the index is written. Real-model figures: benchmarks/bench_graph_index.py llm."""
+    pytest.importorskip("transformers")
+    from .conformance_examples import tiny
+
+    lm = tiny("lm", tmp_path)
+    ix = GraphIndexer(path=str(tmp_path / "g"), model="hash", extractor="llm", llm_backend="hf", llm_model=lm,
+                      llm_device="cpu", max_new_tokens=6)
+    ix(chunks(["c"]))
+    idx = load_graph_index(tmp_path / "g")
+    st = idx.params["stats"]
+    assert st["llm_calls"] == 1 and st["dropped_records"].get("missing_completion_marker") == 1
+    assert idx.params["llm"]["identity"].startswith("hf:") and ":greedy:6" in idx.params["llm"]["identity"]
+    again = GraphIndexer(path=str(tmp_path / "g2"), model="hash", extractor="llm", llm_backend="hf", llm_model=lm,
+                         llm_device="cpu", max_new_tokens=6)
+    again(chunks(["c"]))
+    assert load_graph_index(tmp_path / "g2").params["stats"]["llm_calls"] == 0
