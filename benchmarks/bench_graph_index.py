@@ -73,8 +73,17 @@ def folder_mb(p: Path) -> float:
     return round(sum(f.stat().st_size for f in p.iterdir()) / 1e6, 2)
 
 
+_MADE: list[str] = []
+
+
 def fresh_cache() -> str:
+    """A new empty RAGKIT_CACHE (cold embedding cache); removed when the script ends."""
     d = tempfile.mkdtemp(prefix="graph-bench-cache-")
+    if not _MADE:
+        import atexit
+
+        atexit.register(lambda: [shutil.rmtree(x, ignore_errors=True) for x in _MADE])
+    _MADE.append(d)
     os.environ["RAGKIT_CACHE"] = d
     return d
 
