@@ -11,6 +11,11 @@ The graph is an undirected ``networkx.Graph`` (LightRAG's relations are undirect
 - edge attributes ``keywords`` (list of str), ``description`` (str), ``weight`` (float, summed
   over mentions), ``source_ids`` (list of chunk ids).
 
+``indexer.graph`` also sets ``descriptions`` (list of str: the de-duplicated description fragments,
+in chunk order, that ``description`` joins with new lines or, past the summary thresholds, is an
+LLM summary of) on nodes and edges; ``source_ids`` are in chunk insertion order. Relation
+endpoints that no entity record names get ``entity_type`` ``"UNKNOWN"`` (as in LightRAG).
+
 Three vector tables sit beside it, each built by one encoder (the index's): entities
 ("name + description"), relations ("keywords + source + target + description") and chunks.
 Vectors are L2-normalised, so inner product is cosine similarity.
@@ -54,6 +59,31 @@ class VectorTable:
         return out
 
 
+class FastVectorTable(VectorTable):
+    """:class:`VectorTable` with the same results (top ``k``, score descending, ties by key order)
+    found by partial selection instead of a full sort: O(n) per query instead of O(n log n).
+    ``load_graph_index`` returns these."""
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[Any, float]]]:
+        n = len(self.keys)
+        if n == 0 or k <= 0:
+            return [[] for _ in range(len(queries))]
+        scores = np.asarray(queries, dtype=np.float32) @ np.asarray(self.vectors).T
+        k = min(k, n)
+        out = []
+        for row in scores:
+            if k == n:
+                top = np.argsort(-row, kind="stable")
+            else:
+                kth = np.partition(row, n - k)[n - k]            # the k-th largest score
+                above = np.flatnonzero(row > kth)
+                tied = np.flatnonzero(row == kth)[: k - len(above)]  # ties at the cut: lowest positions first
+                cand = np.concatenate([above, tied])
+                top = cand[np.lexsort((cand, -row[cand]))]
+            out.append([(self.keys[i], float(row[i])) for i in top])
+        return out
+
+
 @dataclass
 class GraphIndex:
     """A loaded graph index (see the module docstring for the attribute contract)."""
@@ -66,6 +96,7 @@ class GraphIndex:
     relations: VectorTable          # keys are (node_key_a, node_key_b) with a <= b
     chunks: VectorTable
     params: dict[str, Any] = field(default_factory=dict)   # the index's params.json (extractor, encoder, ...)
+    chunk_titles: dict[str, str] = field(default_factory=dict)   # chunk_id -> title, where the chunk had one
 
     def search_entities(self, qvecs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         return self.entities.search(qvecs, k)
