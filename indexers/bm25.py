@@ -334,6 +334,33 @@ class BM25Indexer(Stage):
                 kept.append(Chunk(cid, did, text, 0, len(text), {"title": title} if title else {}))
         self.build(kept + new).save(folder)
 
+    # -- sharded build (ragkit.distributed): map on workers, reduce here, build on workers, write here --
+    def shard_map(self, chunks: Sequence[Chunk], base_dir: Any = None) -> tuple[dict, dict]:
+        from ._bm25_shards import shard_map
+
+        return shard_map(chunks, self.tokenizer_config)
+
+    def shard_reduce(self, summaries: list[dict]) -> tuple[dict, list]:
+        from ._bm25_shards import shard_reduce
+
+        glob = shard_reduce(summaries, k1=self.k1, b=self.b, delta=self.delta, method=self.method)
+        return glob, glob.pop("remaps")
+
+    def shard_build(self, partial: dict, part_arg: Any, glob: dict, base_dir: Any = None) -> dict:
+        from ._bm25_shards import shard_build
+
+        return shard_build(partial, part_arg, glob)
+
+    def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
+        import bm25s
+
+        from ._bm25_shards import shard_write
+
+        params = {"stage": KEY, "format": FORMAT, "k1": self.k1, "b": self.b, "delta": self.delta,
+                  "method": self.method, "tokenizer": self.tokenizer_config.to_dict(), "store_text": self.store_text,
+                  "engine": f"bm25s {bm25s.__version__}"}
+        shard_write(tmp, payloads, glob, params, self.store_text)
+
     def run(self, batch: list[Chunk]) -> list[Chunk]:
         """Build and write the index; the chunks pass through. (``stage([])`` returns ``[]`` as
         every stage does; ``run([])`` and :meth:`build` raise StageInputError on an empty corpus.)"""

@@ -120,6 +120,27 @@ class DenseIndexer(Stage):
         object.__setattr__(self, "_last", idx)
         return batch
 
+    # -- sharded build (ragkit.distributed): encode on workers, one FAISS index per shard ----------------
+    def shard_map(self, chunks: list[Chunk], base_dir=None) -> tuple[dict, dict]:
+        from ._dense_shards import shard_map
+
+        return shard_map(self, chunks, base_dir)
+
+    def shard_reduce(self, summaries: list[dict]) -> tuple[dict, list]:
+        from ._dense_shards import shard_reduce
+
+        return shard_reduce(summaries), [None] * len(summaries)
+
+    def shard_build(self, partial: dict, part_arg, glob: dict, base_dir=None) -> dict:
+        from ._dense_shards import shard_build
+
+        return shard_build(self, partial, glob)
+
+    def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
+        from ._dense_shards import index_params, shard_write
+
+        shard_write(tmp, payloads, glob, index_params(self, glob))
+
     def _check_compatible(self, folder: Path, stored: dict, dim: int) -> None:
         wanted = {k: v for k, v in self.index_params(dim).items()
                   if k in ("model_id", "dim", "normalize", "doc_prefix", "index_type")}

@@ -3,7 +3,9 @@
 The encoder, normalisation and query prefix come from the index folder's ``params.json``; giving
 ``model`` checks that it is the model the index was built with (else IndexArtifactError). ``nprobe``
 (IVF) and ``ef_search`` (HNSW) override the index's defaults per query; ``mmap: true`` memory-maps
-the FAISS index and texts instead of reading them into memory.
+the FAISS index and texts instead of reading them into memory. A sharded index (``ragkit index
+--cluster``) opens the same way; its shards' top-k are merged by (score, doc_id, chunk_id), which for
+``flat`` shards is exactly the single flat index's result.
 """
 from __future__ import annotations
 
@@ -43,17 +45,19 @@ class DenseRetriever(Retriever):
     device: Literal["cpu", "cuda"] = param("cpu", help="encoder and FAISS device")
     mmap: bool = param(False, help="memory-map the FAISS index and texts")
     batch_size: int = param(64, ge=1, help="queries per encoder batch")
+    shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
+                                               "built with; a different count is an error)")
 
 
 
     def _setup(self) -> None:
         from ragkit.indexers._encoder import Encoder
-        from ragkit.indexers._faiss import DenseIndex
+        from ragkit.indexers._dense_shards import load_dense
         from ragkit.models import resolve_model
 
         base = self.__dict__.get("_base_dir")
         folder = resolve_path(self.index, base)
-        idx = DenseIndex.load(folder, expect_key=INDEX_KEY, mmap=self.mmap)
+        idx = load_dense(folder, mmap=self.mmap, expect_shards=self.shards)
         p = idx.params
         if idx.kind in ("ivf", "ivfpq") and self.nprobe > int(p["nlist"]):
             raise ConfigError(f"'retriever.dense': parameter 'nprobe' is {self.nprobe}, larger than the index's "
