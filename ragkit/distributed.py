@@ -88,12 +88,17 @@ class Executor:
         if self.client is None:
             return [f.value for f in futures]
         distributed = _require_distributed()
+        import asyncio
+
+        from distributed.client import FutureCancelledError
+
         try:
             return self.client.gather(futures)
-        except distributed.KilledWorker as exc:
-            raise ClusterError(f"a worker died while running {exc.args[0] if exc.args else 'a task'} and the task "
-                               f"failed on every retry; nothing was written (the previous index, if any, is "
-                               f"intact). Check the workers' memory and logs, or use fewer/larger workers.") from None
+        except (distributed.KilledWorker, FutureCancelledError, asyncio.CancelledError) as exc:
+            what = str(exc.args[0]) if exc.args else "a task"
+            raise ClusterError(f"a worker died while running {what} and the task failed on every retry (Dask "
+                               f"gives up after distributed.scheduler.allowed-failures); nothing was written, the "
+                               f"previous index, if any, is intact. Check the workers' memory and logs.") from None
 
     def scatter(self, value: Any) -> Any:
         if self.client is None:
@@ -213,7 +218,7 @@ def shardable(stages: Sequence[Any]) -> list[int]:
     for i, s in enumerate(stages):
         if callable(getattr(s, "shard_map", None)):
             pos.append(i)
-        elif callable(getattr(s, "index_folder", None)):
+        elif callable(getattr(s, "index_folder", None)) or str(s.key).startswith("indexer."):
             raise ConfigError(f"index stage #{i + 1} '{s.key}' cannot build a sharded index yet; index it without "
                               f"an executor (no --cluster / executor: section).")
     if not pos:
