@@ -95,8 +95,7 @@ def index_params(stage: Any, glob: dict) -> dict:
            "hnsw_m": stage.hnsw_m, "ef_construction": stage.ef_construction, "ef_search": stage.ef_search,
            "nlist": stage.nlist, "nprobe": stage.nprobe, "pq_m": stage.pq_m, "pq_bits": stage.pq_bits,
            "train_size": stage.train_size}
-    if getattr(stage, "backend", "torch") != "torch":
-        out["backend"] = stage.backend
+    out["backend"] = getattr(stage, "backend", "torch")
     return out
 
 

@@ -57,6 +57,9 @@ class DenseIndexer(Stage):
     pq_bits: int = param(8, ge=1, le=16, help="IVF-PQ: bits per sub-quantizer code")
     train_size: int = param(100_000, ge=1, help="IVF: vectors sampled to train the coarse quantizer / PQ")
     update: bool = param(False, help="update an existing index (replace chunks of the given doc_ids) instead of rebuilding")
+    backend: Literal["torch", "onnx", "onnx-int8"] = param("torch", help="encoder runtime: torch (float32), onnx "
+                                                           "(ONNX Runtime, float32) or onnx-int8 (dynamic int8 "
+                                                           "quantization); recorded in the index")
 
     input_kind = CHUNKS
     output_kind = CHUNKS
@@ -76,7 +79,7 @@ class DenseIndexer(Stage):
 
             enc = Encoder(self.model, device=self.device, batch_size=self.batch_size, normalize=self.normalize,
                           query_prefix=self.query_prefix, doc_prefix=self.doc_prefix, max_length=self.max_length,
-                          cache=self.cache, base_dir=self.__dict__.get("_base_dir"))
+                          cache=self.cache, base_dir=self.__dict__.get("_base_dir"), backend=self.backend)
             object.__setattr__(self, "_encoder", enc)
         return enc
 
@@ -90,7 +93,7 @@ class DenseIndexer(Stage):
                 "max_length": self.max_length, "index_type": self.index_type, "metric": "inner_product",
                 "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                 "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m, "pq_bits": self.pq_bits,
-                "train_size": self.train_size}
+                "train_size": self.train_size, "backend": self.backend}
 
     def run(self, batch: list[Chunk]) -> list[Chunk]:
         from ._encoder import show_progress
@@ -144,6 +147,8 @@ class DenseIndexer(Stage):
     def _check_compatible(self, folder: Path, stored: dict, dim: int) -> None:
         wanted = {k: v for k, v in self.index_params(dim).items()
                   if k in ("model_id", "dim", "normalize", "doc_prefix", "index_type")}
+        wanted["backend"] = self.backend
+        stored = {**stored, "backend": stored.get("backend", "torch")}
         diffs = [f"{k}: index has {stored.get(k)!r}, pipeline asks for {v!r}" for k, v in wanted.items()
                  if stored.get(k) != v]
         if diffs:

@@ -45,6 +45,8 @@ class DenseRetriever(Retriever):
     device: Literal["cpu", "cuda"] = param("cpu", help="encoder and FAISS device")
     mmap: bool = param(False, help="memory-map the FAISS index and texts")
     batch_size: int = param(64, ge=1, help="queries per encoder batch")
+    backend: Literal["", "torch", "onnx", "onnx-int8"] = param("", help="query encoder runtime (empty = the "
+                                                                    "backend that built the index)")
     shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
                                                "built with; a different count is an error)")
 
@@ -74,7 +76,8 @@ class DenseRetriever(Retriever):
             name = stored_id[5:] if stored_id.startswith("path:") else p.get("model", stored_id)
         enc = Encoder(name, device=self.device, batch_size=self.batch_size, normalize=bool(p.get("normalize", True)),
                       query_prefix=p.get("query_prefix", ""), doc_prefix=p.get("doc_prefix", ""),
-                      max_length=p.get("max_length"), cache=False, base_dir=base)
+                      max_length=p.get("max_length"), cache=False, base_dir=base,
+                      backend=self.backend or p.get("backend", "torch"))
         if enc.model_id != stored_id:
             raise IndexArtifactError(f"{folder}: index was built with model {stored_id!r}, but {name!r} resolves "
                                      f"to {enc.model_id!r} here. Rebuild the index.")

@@ -21,7 +21,6 @@ from ragkit.indexers.chunkers import *  # noqa: F401,F403  (registers the chunke
 from ragkit.indexers.dense import DenseIndexer
 from ragkit.pipeline import Pipeline
 from ragkit.records import Chunk, Document, Query
-from ragkit.registry import register
 from ragkit.retrievers.bm25 import BM25Retriever
 from ragkit.retrievers.dense import DenseRetriever
 from ragkit.stage import CHUNKS, Stage, param
@@ -169,9 +168,10 @@ def test_sharded_build_refuses_unshardable_indexer(tmp_path):
 
 # -- on a Dask LocalCluster ------------------------------------------------------------------------------
 
-@register("testing.kill_worker")
 class KillWorker(Stage):
-    """Test stage: SIGKILLs its own (worker) process on a given document, once or always."""
+    """Test stage (not registered): SIGKILLs its own (worker) process on a given document, once or always."""
+
+    key = "test.kill_worker"
 
     marker: str = param("", help="file created before the first kill; when it exists the stage passes (once)")
     doc_id: str = param("", help="the document whose partition kills its worker")
