@@ -4,8 +4,8 @@ Parts (run one at a time; the machine is a shared 2-core box, so each result rec
 
 ``throughput``  index throughput of the plain local path (``Pipeline.build_index``) vs the Dask path with
                 1 worker process (partitions 1) and 2 worker processes (partitions 2), same corpus,
-                alternating, best of N. The clusters are started once (their start-up time is reported
-                apart); each timed build covers partitioning, shipping, map/reduce/build on the workers and
+                alternating, best of N. Each cluster is started before its timed run and closed after it (start-up time
+                reported apart); each timed build covers partitioning, shipping, map/reduce/build on the workers and
                 the atomic write of the sharded folder. ``--kind bm25`` (default corpus: every passage of the
                 real data sets below, repeated with new ids up to ``--n``) or ``--kind dense`` (MiniLM,
                 embedding cache off, a small ``--n``).
@@ -94,28 +94,25 @@ def part_throughput(args) -> None:
                "Dask, 2 worker processes": ("local:2", 2)}
     times: dict[str, list[float]] = {k: [] for k in configs}
     loads: list[str] = []
-    startup = {}
-    stacks = {}
-    import contextlib
-
-    with contextlib.ExitStack() as es:
-        for name, cfg in configs.items():
-            if cfg is not None:
-                t0 = time.perf_counter()
-                stacks[name] = es.enter_context(open_executor(cfg[0], partitions=cfg[1]))
-                startup[name] = time.perf_counter() - t0
-        if args.kind == "dense":  # load the model in the workers before timing (once per worker)
-            for name, ex in stacks.items():
-                p.build_index(docs[:8], executor=ex, progress=False)
-            p.build_index(docs[:8], progress=False)
-        for rep in range(args.reps):
-            order = list(configs) if rep % 2 == 0 else list(reversed(configs))
-            for name in order:
+    startup: dict[str, float] = {}
+    # one cluster at a time (started, warmed, timed, closed), so clusters do not compete for memory
+    for rep in range(args.reps):
+        order = list(configs) if rep % 2 == 0 else list(reversed(configs))
+        for name in order:
+            cfg = configs[name]
+            with contextlib.ExitStack() as es:
+                ex = None
+                if cfg is not None:
+                    t0 = time.perf_counter()
+                    ex = es.enter_context(open_executor(cfg[0], partitions=cfg[1]))
+                    startup[name] = min(startup.get(name, 1e9), time.perf_counter() - t0)
+                if args.kind == "dense":  # the model is loaded once per worker before timing
+                    p.build_index(docs[:8], executor=ex, progress=False)
                 loads.append(load())
                 t0 = time.perf_counter()
-                st = p.build_index(docs, progress=False, executor=stacks.get(name))
+                st = p.build_index(docs, progress=False, executor=ex)
                 times[name].append(time.perf_counter() - t0)
-                print(f"{name}: {times[name][-1]:.2f} s  {st}", flush=True)
+            print(f"{name}: {times[name][-1]:.2f} s  {st}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     best = {k: min(v) for k, v in times.items()}
     plain = best["plain local (no Dask)"]
@@ -129,7 +126,8 @@ def part_throughput(args) -> None:
           f"Command: `{res['command']}`. {args.n:,} passages "
           + ("(the real data sets, repeated with new ids; see the script's docstring). BM25 defaults."
              if args.kind == "bm25" else "(MiniLM, flat, embedding cache off)."),
-          f"Best of {args.reps}, alternating order, clusters started once before timing (start-up apart). "
+          f"Best of {args.reps}, alternating order; each cluster is started, warmed and closed around its run "
+          f"(start-up reported apart, not in the build time). "
           f"Load average (1/5/15 min) at each run: {', '.join(loads)}; the machine is shared with other "
           f"jobs, so compare rows of the same run.", "",
           "| path | best s | passages/s | vs plain | cluster start-up s |", "|---|---|---|---|---|", *rows, "",
@@ -141,10 +139,10 @@ def part_throughput(args) -> None:
     print("\n".join(md))
 
 
-def _datasets():
+def _datasets(names=("cranfield", "cisi", "squad")):
     from ragkit.eval.datasets import load_dataset
 
-    for name in ("cranfield", "cisi", "squad"):
+    for name in names:
         ds = load_dataset(name)
         yield name, ds, [d for d in ds.corpus if d.text.strip()]
 
@@ -207,7 +205,7 @@ def part_ann(args) -> None:
 
     enc = Encoder("minilm", cache=True)
     docs, queries = [], []
-    for name, ds, d in _datasets():
+    for name, ds, d in _datasets(args.datasets):
         docs += [(f"{name}:{x.doc_id}", x.text) for x in d]
         queries += [q.text for q in ds.queries[: args.max_queries]]
     t0 = time.perf_counter()
@@ -249,7 +247,7 @@ def part_ann(args) -> None:
                                                     "encode_s": enc_s, "command": cmd, "load": load(),
                                                     "env": env()}, indent=2))
     md = ["# HNSW / IVF shards: recall@10 against the exact flat search", "",
-          f"Command: `{cmd}`. {n:,} MiniLM passage vectors (Cranfield + CISI + SQuAD part A), {len(qv):,} queries "
+          f"Command: `{cmd}`. {n:,} MiniLM passage vectors ({' + '.join(args.datasets)}), {len(qv):,} queries "
           f"(their questions" + (f", first {args.max_queries} of each" if args.max_queries else "") + "). "
           "HNSW M=32, efConstruction=200, efSearch=64; IVF nlist automatic per shard (4*sqrt(n)), nprobe=8. "
           "Shards are built over contiguous slices and merged by score.", "",
@@ -268,6 +266,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--datasets", nargs="+", default=["cranfield", "cisi", "squad"], help="ann: vector sets")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     {"throughput": part_throughput, "exact": part_exact, "ann": part_ann}[args.part](args)

@@ -209,3 +209,36 @@ def load_dense(folder: str | Path, *, mmap: bool = False, expect_shards: int | N
                                  f"shards={expect_shards}. Rebuild it with {expect_shards} partitions "
                                  f"(`ragkit index --cluster ... --partitions {expect_shards}`) or drop 'shards'.")
     return DenseIndex.load(folder, expect_key=KEY, mmap=mmap)
+
+
+def update_sharded(stage: Any, folder: Path, chunks: list, removed_doc_ids: list) -> None:
+    """Incremental update of a sharded dense folder, shard by shard: the removed/changed documents are
+    deleted from the shards holding them, only the new chunks are encoded and added to the smallest
+    shard; the folder is rewritten atomically with a new manifest."""
+    from ragkit.artifacts import atomic_folder
+
+    idx = ShardedDenseIndex.load(folder)
+    enc = stage.encoder()
+    stage._check_compatible(folder, idx.params, enc.dim)
+    gone = sorted(set(removed_doc_ids) | {c.doc_id for c in chunks})
+    for sh in idx.shards:
+        sh.delete(gone)
+    if chunks:
+        from ._encoder import show_progress
+        from .dense import check_texts
+
+        check_texts(chunks, KEY)
+        vecs = enc.encode_documents([c.text for c in chunks], progress=show_progress(stage))
+        min(idx.shards, key=len).add(vecs, [c.chunk_id for c in chunks], [c.doc_id for c in chunks],
+                                     [c.text for c in chunks], [(c.meta or {}).get("title") for c in chunks])
+    shards = []
+    with atomic_folder(folder) as tmp:
+        for i, sh in enumerate(idx.shards):
+            sh.save(tmp / shard_name(i))
+            shards.append({"name": shard_name(i), "count": len(sh), "content_hash": sh.params["content_hash"]})
+        from ragkit.artifacts import content_hash
+
+        params = {k: v for k, v in idx.params.items() if k != "ragkit_version"}
+        write_params(tmp, {**params, "count": sum(s["count"] for s in shards),
+                           "content_hash": content_hash(s["content_hash"] for s in shards)})
+        write_shard_manifest(tmp, KEY, uuid.uuid4().hex, shards)

@@ -321,6 +321,12 @@ class BM25Indexer(Stage):
         index equals a full rebuild over the new corpus. Needs an index built with store_text.
         """
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if is_sharded(folder):
+            from ._bm25_shards import update_sharded
+
+            return update_sharded(self, folder, chunks, removed_doc_ids)
         old = BM25Index.load(folder, mmap=True)
         if not old.params.get("store_text", True):
             raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so it cannot be "

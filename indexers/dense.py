@@ -112,6 +112,13 @@ class DenseIndexer(Stage):
         texts = [c.text for c in batch]
         titles = [c.meta.get("title") for c in batch]
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if self.update and is_sharded(folder):
+            from ._dense_shards import update_sharded
+
+            update_sharded(self, folder, batch, [])
+            return batch
         if self.update and (folder / "params.json").exists():
             idx = DenseIndex.load(folder, expect_key=STAGE_KEY)
             self._check_compatible(folder, idx.params, enc.dim)
@@ -164,6 +171,12 @@ class DenseIndexer(Stage):
         from ._faiss import DenseIndex
 
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if is_sharded(folder):
+            from ._dense_shards import update_sharded
+
+            return update_sharded(self, folder, list(chunks), list(removed_doc_ids))
         idx = DenseIndex.load(folder, expect_key=STAGE_KEY)
         enc = self.encoder()
         self._check_compatible(folder, idx.params, enc.dim)

@@ -96,7 +96,7 @@ class Executor:
             return self.client.gather(futures)
         except (distributed.KilledWorker, FutureCancelledError, asyncio.CancelledError) as exc:
             what = str(exc.args[0]) if exc.args else "a task"
-            raise ClusterError(f"a worker died while running {what} and the task failed on every retry (Dask "
+            raise ClusterError(f"a worker died (or was lost) while running {what} and the task failed on every retry (Dask "
                                f"gives up after distributed.scheduler.allowed-failures); nothing was written, the "
                                f"previous index, if any, is intact. Check the workers' memory and logs.") from None
 

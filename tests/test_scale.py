@@ -287,3 +287,37 @@ def test_dask_eval_same_results_file(tmp_path, client):
 
     assert comparable(tmp_path / "local.json") == comparable(tmp_path / "cluster.json")
     assert all(c["pipelines"] <= 2 for c in worker_counts(ex).values())  # each pipeline loaded once per worker
+
+
+def test_incremental_update_per_shard(tmp_path):
+    from ragkit.config import CorpusSpec
+
+    docs, queries = sample()
+    docs = docs[:120]
+
+    def write(ds):
+        (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": d.doc_id, "text": d.text}) + "\n"
+                                                       for d in ds))
+
+    def pipe(name):
+        return Pipeline([BM25Retriever(index=str(tmp_path / name / "bm25"))],
+                        index=[BM25Indexer(path=str(tmp_path / name / "bm25")),
+                               DenseIndexer(path=str(tmp_path / name / "dense"), model="hash")],
+                        corpus=CorpusSpec(path=str(tmp_path / "corpus.jsonl")))
+
+    write(docs)
+    pipe("sh").build_index(executor="serial", partitions=3, progress=False)
+    # change one document, remove one, add one; then rebuild incrementally (no executor)
+    changed = Document(docs[5].doc_id, docs[5].text + " extra words about hypersonic flow")
+    new_docs = [changed if d.doc_id == changed.doc_id else d for d in docs if d.doc_id != docs[50].doc_id]
+    new_docs.append(Document("added-1", "a brand new passage about libraries and catalogues"))
+    write(new_docs)
+    stats = pipe("sh").build_index(progress=False)
+    assert stats["mode"] == "incremental" and stats["added"] == 1 and stats["changed"] == 1 and stats["removed"] == 1
+    man = json.loads((tmp_path / "sh" / "bm25" / "shards.json").read_text())
+    assert man["num_shards"] == 3 and man["total"] == len(new_docs)
+    pipe("fresh").build_index(incremental=False, progress=False)  # single index over the new corpus
+    assert_same(rankings(BM25Retriever, tmp_path / "fresh" / "bm25", queries, k=30),
+                rankings(BM25Retriever, tmp_path / "sh" / "bm25", queries, k=30))
+    assert_same(rankings(DenseRetriever, tmp_path / "fresh" / "dense", queries, k=10),
+                rankings(DenseRetriever, tmp_path / "sh" / "dense", queries, k=10), tol=1e-5)
