@@ -22,6 +22,8 @@ KNOWN = {
     "matplotlib": ("matplotlib", "dev"),
     "gguf": ("gguf", "llm"),
     "accelerate": ("accelerate", "llm"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "distributed": ("distributed", "dask"),
 }
 
 
