@@ -321,3 +321,16 @@ def test_incremental_update_per_shard(tmp_path):
                 rankings(BM25Retriever, tmp_path / "sh" / "bm25", queries, k=30))
     assert_same(rankings(DenseRetriever, tmp_path / "fresh" / "dense", queries, k=10),
                 rankings(DenseRetriever, tmp_path / "sh" / "dense", queries, k=10), tol=1e-5)
+
+
+@pytest.mark.slow
+def test_local_cluster_stays_on_loopback():
+    pytest.importorskip("distributed")
+    from ragkit.distributed import open_executor
+
+    with open_executor("local:1") as ex:
+        info = ex.client.scheduler_info(n_workers=-1)
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+        sched = ex.client.cluster.scheduler
+        assert all(sock.getsockname()[0] == "127.0.0.1" for sock in sched.http_server._sockets.values())
