@@ -334,3 +334,27 @@ def test_local_cluster_stays_on_loopback():
         assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
         sched = ex.client.cluster.scheduler
         assert all(sock.getsockname()[0] == "127.0.0.1" for sock in sched.http_server._sockets.values())
+
+
+@pytest.mark.slow
+def test_cli_index_and_eval_with_cluster(tmp_path, capsys):
+    from ragkit.cli import main
+
+    data = REPO / "data" / "squad_sample"
+    (tmp_path / "p.yaml").write_text(f"""version: 1
+name: sq
+corpus: {{path: {data / 'corpus.jsonl'}}}
+index:
+  - indexer.bm25: {{path: idx}}
+pipeline:
+  - retriever.bm25: {{index: idx, k: 20}}
+eval: {{dataset: {data}, metrics: [nDCG@10]}}
+""")
+    assert main(["index", str(tmp_path / "p.yaml"), "--cluster", "local:2", "--partitions", "3", "--json", "-q"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["shards"] == 3 and stats["workers"] == 2 and stats["executor"] == "local:2"
+    assert json.loads((tmp_path / "idx" / "shards.json").read_text())["num_shards"] == 3
+    assert main(["eval", str(tmp_path / "p.yaml"), "--cluster", "local:2", "-q", "--save", str(tmp_path / "c.json")]) == 0
+    assert main(["eval", str(tmp_path / "p.yaml"), "-q", "--save", str(tmp_path / "l.json")]) == 0
+    c, l = (json.loads((tmp_path / f).read_text()) for f in ("c.json", "l.json"))
+    assert c["summary"] == l["summary"] and c["per_query"]["sq"]["nDCG@10"] == l["per_query"]["sq"]["nDCG@10"]
