@@ -107,7 +107,7 @@ def part_throughput(args) -> None:
                     t0 = time.perf_counter()
                     ex = es.enter_context(open_executor(cfg[0], partitions=cfg[1]))
                     startup[name] = min(startup.get(name, 1e9), time.perf_counter() - t0)
-                if args.kind == "dense":  # the model is loaded once per worker before timing
+                if True:  # warm the worker (imports; dense: the model, once per worker) before timing
                     p.build_index(docs[:8], executor=ex, progress=False)
                 loads.append(load())
                 t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def part_throughput(args) -> None:
           f"Command: `{res['command']}`. {args.n:,} passages "
           + ("(the real data sets, repeated with new ids; see the script's docstring). BM25 defaults."
              if args.kind == "bm25" else "(MiniLM, flat, embedding cache off)."),
-          f"Best of {args.reps}, alternating order; each cluster is started, warmed and closed around its run "
+          f"Best of {args.reps}, alternating order; each cluster is started, warmed (a build of 8 passages: imports, model) and closed around its run "
           f"(start-up reported apart, not in the build time). "
           f"Load average (1/5/15 min) at each run: {', '.join(loads)}; the machine is shared with other "
           f"jobs, so compare rows of the same run.", "",

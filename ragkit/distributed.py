@@ -67,7 +67,8 @@ class Executor:
     """Runs partition tasks: in process (``client is None``) or on a Dask client."""
 
     def __init__(self, client: Any = None, *, partitions: int = 0, retries: int = 0, label: str = "serial") -> None:
-        self.client, self.partitions, self.retries, self.label = client, partitions, retries, label
+        self.client, self.partitions, self.retries = client, partitions, retries
+        self.label = label if client is None or label != "serial" else "client"
 
     @property
     def workers(self) -> int:
