@@ -104,7 +104,9 @@ def shard_reduce(summaries: list[dict], *, k1: float, b: float, delta: float, me
         nonocc = _build_nonoccurrence_array(doc_frequencies=dfs, n_docs=n, compute_idf_fn=_select_idf_scorer(method),
                                             calculate_tfc_fn=_select_tfc_scorer(method), l_d=avgdl, l_avg=avgdl,
                                             k1=k1, b=b, delta=delta, dtype="float32")
-    return {"vocab": list(gvocab), "remaps": remaps, "idf": idf, "nonocc": nonocc, "avgdl": avgdl, "n": n,
+    # keys starting with "client_" stay on the client (ragkit.distributed ships the rest to the workers)
+    return {"client_vocab": list(gvocab), "vocab_size": len(gvocab), "remaps": remaps, "idf": idf, "nonocc": nonocc,
+            "avgdl": avgdl, "n": n,
             "num_terms": int(total), "k1": k1, "b": b, "delta": delta, "method": method}
 
 
@@ -117,7 +119,7 @@ def shard_build(partial: dict, remap: np.ndarray, glob: dict) -> dict:
     off = partial["offsets"].tolist()
     docs = [g[off[i]:off[i + 1]] for i in range(len(off) - 1)]
     del g
-    n, v = len(docs), len(glob["vocab"])
+    n, v = len(docs), int(glob["vocab_size"])
     scores, rows, cols = _build_scores_and_indices_for_matrix(
         corpus_token_ids=docs, idf_array=glob["idf"], avg_doc_len=glob["avgdl"],
         doc_frequencies={0: partial["pairs"]}, k1=glob["k1"], b=glob["b"], delta=glob["delta"],
@@ -148,11 +150,11 @@ def shard_write(tmp: Path, payloads: list[dict], glob: dict, params: dict, store
         DocStore.write(d, p["ids"], p["doc_ids"], p["texts"] if store_text else [""] * len(p["ids"]), titles)
         h = content_hash(zip(p["ids"], p["doc_ids"], p["texts"]))
         shards.append({"name": shard_name(i), "count": len(p["ids"]), "nnz": int(len(p["data"])), "content_hash": h})
-    (tmp / "vocab.json").write_text(json.dumps(glob["vocab"], ensure_ascii=False), encoding="utf-8")
+    (tmp / "vocab.json").write_text(json.dumps(glob["client_vocab"], ensure_ascii=False), encoding="utf-8")
     if glob["nonocc"] is not None:
         np.save(tmp / "nonoccurrence.npy", np.asarray(glob["nonocc"], dtype=np.float32))
     full = {**params, "sharded": True, "num_shards": len(shards), "num_docs": glob["n"],
-            "vocab_size": len(glob["vocab"]), "nnz": int(sum(s["nnz"] for s in shards)),
+            "vocab_size": glob["vocab_size"], "nnz": int(sum(s["nnz"] for s in shards)),
             "num_terms": glob["num_terms"], "avg_doc_len": float(glob["avgdl"]),
             "content_hash": content_hash(s["content_hash"] for s in shards)}
     write_params(tmp, full)

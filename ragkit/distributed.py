@@ -241,7 +241,9 @@ def build_index(stages: list, documents: list, executor: Executor, *, base_dir: 
     n_parts = executor.n_partitions(len(documents))
     bounds = [len(documents) * p // n_parts for p in range(n_parts + 1)]
     parts = [documents[bounds[p]:bounds[p + 1]] for p in range(n_parts)]
-    stages_ref = executor.scatter(list(stages)) if executor.client is not None else list(stages)
+    # stages, documents and global statistics travel inside the tasks (not scattered): the scheduler keeps
+    # them, so a partition whose worker dies can be recomputed anywhere
+    stages_ref = list(stages)
     mapped = [executor.submit(_map_partition, stages_ref, part, base_dir, p) for p, part in enumerate(parts)]
     sums = executor.gather([executor.submit(_summaries, m) for m in mapped])
     t_map = time.perf_counter() - t0
@@ -253,7 +255,7 @@ def build_index(stages: list, documents: list, executor: Executor, *, base_dir: 
         g, per = stages[i].shard_reduce([sums[p]["summaries"][i] for p in have])
         globs[i] = g
         args[i] = dict(zip(have, per))
-    globs_ref = executor.scatter(globs)
+    globs_ref = {i: {k: v for k, v in g.items() if not str(k).startswith("client_")} for i, g in globs.items()}
     built = [executor.submit(_build_partition, stages_ref, mapped[p],
                              {i: args[i][p] for i in idx_pos if p in args[i]}, globs_ref, base_dir)
              for p in range(n_parts)]
