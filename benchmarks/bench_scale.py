@@ -122,7 +122,8 @@ def part_throughput(args) -> None:
     res = {"part": "throughput", "kind": args.kind, "n": args.n, "reps": args.reps, "times_s": times,
            "best_s": best, "startup_s": startup, "load_during": loads, "env": env(),
            "command": " ".join(["nice -n 10 .venv/bin/python benchmarks/bench_scale.py"] + sys.argv[1:])}
-    (OUT / f"scale_throughput_{args.kind}.json").write_text(json.dumps(res, indent=2))
+    stem = f"scale_throughput_{args.kind}{args.suffix}"
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
     md = [f"# Index throughput: plain local vs Dask with 1 and 2 worker processes ({args.kind})", "",
           f"Command: `{res['command']}`. {args.n:,} passages "
           + ("(the real data sets, repeated with new ids; see the script's docstring). BM25 defaults."
@@ -136,7 +137,7 @@ def part_throughput(args) -> None:
           f"{(best['Dask, 1 worker process'] / plain - 1) * 100:+.1f}% (target < 10%). "
           f"Speed-up of 2 worker processes over 1: {best['Dask, 1 worker process'] / best['Dask, 2 worker processes']:.2f}x.",
           "", "All runs (s): " + "; ".join(f"{k}: {', '.join(f'{x:.2f}' for x in v)}" for k, v in times.items())]
-    (OUT / f"scale_throughput_{args.kind}.md").write_text("\n".join(md) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
@@ -279,6 +280,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--suffix", default="", help="throughput: suffix of the result file names (e.g. _20k)")
     ap.add_argument("--datasets", nargs="+", default=["cranfield", "cisi", "squad"], help="ann: vector sets")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
