@@ -91,7 +91,7 @@ def part_quality(args) -> None:
         out[name] = {b: res.summary[b] for b in pipes}
         out[name]["queries"] = res.queries
         print(name, out[name], flush=True)
-        (OUT / "onnx_quality.json").write_text(json.dumps({"results": out, "command": cmd(), "load": load()}, indent=2))
+        (OUT / f"onnx_quality{args.suffix}.json").write_text(json.dumps({"results": out, "command": cmd(), "load": load()}, indent=2))
     rows = [f"| {n} | {r['queries'].get('ir')} | {r['torch']['nDCG@10']:.4f} | {r['onnx-int8']['nDCG@10']:.4f} | "
             f"{r['onnx-int8']['nDCG@10'] - r['torch']['nDCG@10']:+.4f} | {r['torch']['R@100']:.4f} | "
             f"{r['onnx-int8']['R@100']:.4f} |" for n, r in out.items()]
@@ -99,7 +99,7 @@ def part_quality(args) -> None:
           "retriever.dense, minilm, flat; documents and queries both encoded by the backend named.", "",
           "| data set | queries | nDCG@10 torch | nDCG@10 onnx-int8 | difference | R@100 torch | R@100 onnx-int8 |",
           "|---|---|---|---|---|---|---|", *rows]
-    (OUT / "onnx_quality.md").write_text("\n".join(md) + "\n")
+    (OUT / f"onnx_quality{args.suffix}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--datasets", nargs="+", default=["cranfield", "cisi", "squad"])
     ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--suffix", default="", help="suffix of the result file names")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     {"speed": part_speed, "quality": part_quality}[args.part](args)
