@@ -119,7 +119,14 @@ class Encoder:
     def __init__(self, model: str = "minilm", *, device: str = "cpu", batch_size: int = 64,
                  normalize: bool = True, query_prefix: str = "", doc_prefix: str = "",
                  max_length: int | None = None, cache: bool = True, fp16: bool | None = None,
-                 base_dir: str | Path | None = None) -> None:
+                 base_dir: str | Path | None = None, backend: str = "torch") -> None:
+        from ._onnx import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"encoder backend {backend!r}; valid: {', '.join(BACKENDS)}.")
+        if backend != "torch" and device != "cpu":
+            raise ConfigError(f"backend {backend!r} runs on the CPU (ONNX Runtime); use device: cpu or backend: torch.")
+        self.backend = backend
         self.resolved: ResolvedModel = resolve_model(model, base_dir=base_dir)
         self.model_name = model
         self.device = device
@@ -165,6 +172,13 @@ class Encoder:
             raise ConfigError(f"model '{self.model_name}' is a {r.kind} model ({r.file}); dense retrieval needs "
                               f"a sentence-transformers / transformers encoder folder (e.g. 'minilm').")
         pick_device(self.device, "dense encoding")   # an unavailable GPU is a clear error, never a fallback
+        if self.backend != "torch":
+            from ._onnx import OnnxEncoderModel, thread_count
+
+            self._model = OnnxEncoderModel(Path(r.path), quantize=self.backend == "onnx-int8",
+                                           max_length=self.max_length, threads=thread_count())
+            self.dim = self._model.dim
+            return
         st = require("sentence_transformers", "dense encoding")
         self._model = st.SentenceTransformer(str(r.path), device=self.device, local_files_only=True)
         if self.max_length is not None:
@@ -176,13 +190,16 @@ class Encoder:
 
     def _namespace_cache(self) -> EmbeddingCache:
         if self._cache is None:
-            ns = hashlib.sha256(f"{self.cache_id}\x1f{self.dim}\x1f{int(self.fp16)}".encode()).hexdigest()[:20]
+            tag = f"{self.cache_id}\x1f{self.dim}\x1f{int(self.fp16)}" + ("" if self.backend == "torch" else f"\x1f{self.backend}")
+            ns = hashlib.sha256(tag.encode()).hexdigest()[:20]
             self._cache = EmbeddingCache(cache_dir() / "embeddings" / ns, self.dim)
         return self._cache
 
     def _raw_encode(self, texts: list[str], progress: bool) -> np.ndarray:
         if self.resolved.kind == "hash":
             return self._model.encode(texts, normalize=self.normalize)
+        if self.backend != "torch":
+            return self._model.encode(texts, batch_size=self.batch_size, normalize=self.normalize)
         vecs = self._model.encode(texts, batch_size=self.batch_size, show_progress_bar=progress,
                                   convert_to_numpy=True, normalize_embeddings=self.normalize)
         return np.asarray(vecs, dtype=np.float32)

@@ -362,6 +362,12 @@ class BM25Indexer(Stage):
         index equals a full rebuild over the new corpus. Needs an index built with store_text.
         """
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if is_sharded(folder):
+            from ._bm25_shards import update_sharded
+
+            return update_sharded(self, folder, chunks, removed_doc_ids)
         old = BM25Index.load(folder, mmap=True)
         if not old.params.get("store_text", True):
             raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so it cannot be "
@@ -374,6 +380,33 @@ class BM25Indexer(Stage):
                 text, title = old.text(i) or "", old.title(i)
                 kept.append(Chunk(cid, did, text, 0, len(text), {"title": title} if title else {}))
         self.build(kept + new).save(folder)
+
+    # -- sharded build (ragkit.distributed): map on workers, reduce here, build on workers, write here --
+    def shard_map(self, chunks: Sequence[Chunk], base_dir: Any = None) -> tuple[dict, dict]:
+        from ._bm25_shards import shard_map
+
+        return shard_map(chunks, self.tokenizer_config)
+
+    def shard_reduce(self, summaries: list[dict]) -> tuple[dict, list]:
+        from ._bm25_shards import shard_reduce
+
+        glob = shard_reduce(summaries, k1=self.k1, b=self.b, delta=self.delta, method=self.method)
+        return glob, glob.pop("remaps")
+
+    def shard_build(self, partial: dict, part_arg: Any, glob: dict, base_dir: Any = None) -> dict:
+        from ._bm25_shards import shard_build
+
+        return shard_build(partial, part_arg, glob)
+
+    def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
+        import bm25s
+
+        from ._bm25_shards import shard_write
+
+        params = {"stage": KEY, "format": FORMAT, "k1": self.k1, "b": self.b, "delta": self.delta,
+                  "method": self.method, "tokenizer": self.tokenizer_config.to_dict(), "store_text": self.store_text,
+                  "engine": f"bm25s {bm25s.__version__}"}
+        shard_write(tmp, payloads, glob, params, self.store_text)
 
     def run(self, batch: list[Chunk]) -> list[Chunk]:
         """Build and write the index; the chunks pass through. (``stage([])`` returns ``[]`` as

@@ -57,6 +57,9 @@ class DenseIndexer(Stage):
     pq_bits: int = param(8, ge=1, le=16, help="IVF-PQ: bits per sub-quantizer code")
     train_size: int = param(100_000, ge=1, help="IVF: vectors sampled to train the coarse quantizer / PQ")
     update: bool = param(False, help="update an existing index (replace chunks of the given doc_ids) instead of rebuilding")
+    backend: Literal["torch", "onnx", "onnx-int8"] = param("torch", help="encoder runtime: torch (float32), onnx "
+                                                           "(ONNX Runtime, float32) or onnx-int8 (dynamic int8 "
+                                                           "quantization); recorded in the index")
 
     input_kind = CHUNKS
     output_kind = CHUNKS
@@ -78,7 +81,7 @@ class DenseIndexer(Stage):
 
             enc = Encoder(self.model, device=self.device, batch_size=self.batch_size, normalize=self.normalize,
                           query_prefix=self.query_prefix, doc_prefix=self.doc_prefix, max_length=self.max_length,
-                          cache=self.cache, base_dir=self._base_dir)
+                          cache=self.cache, base_dir=self._base_dir, backend=self.backend)
             self._encoder = enc
         return enc
 
@@ -92,7 +95,7 @@ class DenseIndexer(Stage):
                 "max_length": self.max_length, "index_type": self.index_type, "metric": "inner_product",
                 "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                 "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m, "pq_bits": self.pq_bits,
-                "train_size": self.train_size}
+                "train_size": self.train_size, "backend": self.backend}
 
     def run(self, batch: list[Chunk]) -> list[Chunk]:
         from ._encoder import show_progress
@@ -111,6 +114,13 @@ class DenseIndexer(Stage):
         texts = [c.text for c in batch]
         titles = [c.meta.get("title") for c in batch]
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if self.update and is_sharded(folder):
+            from ._dense_shards import update_sharded
+
+            update_sharded(self, folder, batch, [])
+            return batch
         if self.update and (folder / "params.json").exists():
             idx = DenseIndex.load(folder, expect_key=STAGE_KEY)
             self._check_compatible(folder, idx.params, enc.dim)
@@ -122,9 +132,32 @@ class DenseIndexer(Stage):
         self._last = idx
         return batch
 
+    # -- sharded build (ragkit.distributed): encode on workers, one FAISS index per shard ----------------
+    def shard_map(self, chunks: list[Chunk], base_dir=None) -> tuple[dict, dict]:
+        from ._dense_shards import shard_map
+
+        return shard_map(self, chunks, base_dir)
+
+    def shard_reduce(self, summaries: list[dict]) -> tuple[dict, list]:
+        from ._dense_shards import shard_reduce
+
+        return shard_reduce(summaries), [None] * len(summaries)
+
+    def shard_build(self, partial: dict, part_arg, glob: dict, base_dir=None) -> dict:
+        from ._dense_shards import shard_build
+
+        return shard_build(self, partial, glob)
+
+    def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
+        from ._dense_shards import index_params, shard_write
+
+        shard_write(tmp, payloads, glob, index_params(self, glob))
+
     def _check_compatible(self, folder: Path, stored: dict, dim: int) -> None:
         wanted = {k: v for k, v in self.index_params(dim).items()
                   if k in ("model_id", "dim", "normalize", "doc_prefix", "index_type")}
+        wanted["backend"] = self.backend
+        stored = {**stored, "backend": stored.get("backend", "torch")}
         diffs = [f"{k}: index has {stored.get(k)!r}, pipeline asks for {v!r}" for k, v in wanted.items()
                  if stored.get(k) != v]
         if diffs:
@@ -140,6 +173,12 @@ class DenseIndexer(Stage):
         from ._faiss import DenseIndex
 
         folder = self.folder()
+        from ragkit.artifacts import is_sharded
+
+        if is_sharded(folder):
+            from ._dense_shards import update_sharded
+
+            return update_sharded(self, folder, list(chunks), list(removed_doc_ids))
         idx = DenseIndex.load(folder, expect_key=STAGE_KEY)
         enc = self.encoder()
         self._check_compatible(folder, idx.params, enc.dim)

@@ -103,6 +103,10 @@ class GraphIndexer(Stage):
 
     input_kind = CHUNKS
     output_kind = CHUNKS
+    _encoder = None      # loaded state (plain private attributes, see docs/ARCHITECTURE.md)
+    _llm = None
+    _spacy = None
+    _last_stats: dict = {}
 
     def validate(self) -> None:
         if not self.entity_types or any(not isinstance(t, str) or not t.strip() for t in self.entity_types):
@@ -110,16 +114,16 @@ class GraphIndexer(Stage):
 
     # -- components ------------------------------------------------------------------------------
     def folder(self) -> Path:
-        return resolve_path(self.path, self.__dict__.get("_base_dir"))
+        return resolve_path(self.path, self._base_dir)
 
     def encoder(self) -> Any:
-        enc = self.__dict__.get("_encoder")
+        enc = self._encoder
         if enc is None:
             from ._encoder import Encoder
 
             enc = Encoder(self.model, device=self.device, batch_size=self.batch_size, normalize=True,
-                          cache=self.cache, base_dir=self.__dict__.get("_base_dir"))
-            self.__dict__["_encoder"] = enc
+                          cache=self.cache, base_dir=self._base_dir)
+            self._encoder = enc
         return enc
 
     def uses_llm(self) -> bool:
@@ -129,7 +133,7 @@ class GraphIndexer(Stage):
         """The LLMExtractor (chat backend + reply cache); None when neither extraction nor summaries use one."""
         if not self.uses_llm():
             return None
-        x = self.__dict__.get("_llm")
+        x = self._llm
         if x is None:
             from ._graph_llm import HFChat, LangChainChat, LLMExtractor, ReplyCache
 
@@ -137,20 +141,20 @@ class GraphIndexer(Stage):
                 chat = LangChainChat(self.llm_model, KEY)
             else:
                 chat = HFChat(self.llm_model, device=self.llm_device, dtype=self.llm_dtype,
-                              max_new_tokens=self.max_new_tokens, base_dir=self.__dict__.get("_base_dir"))
+                              max_new_tokens=self.max_new_tokens, base_dir=self._base_dir)
             x = LLMExtractor(chat, entity_types=self.entity_types, language=self.language, gleaning=self.gleaning,
                              cache=ReplyCache(enabled=self.llm_cache), max_input_chars=self.max_input_chars)
-            self.__dict__["_llm"] = x
+            self._llm = x
         return x
 
     def spacy(self) -> Any:
-        x = self.__dict__.get("_spacy")
+        x = self._spacy
         if x is None:
             from ._graph_spacy import SpacyExtractor
 
             x = SpacyExtractor(self.spacy_model, batch_size=self.spacy_batch_size, n_process=self.n_process,
                                max_sentence_entities=self.max_sentence_entities, noun_chunks=self.noun_chunks)
-            self.__dict__["_spacy"] = x
+            self._spacy = x
         return x
 
     def extractor_identity(self) -> str:
@@ -267,7 +271,7 @@ class GraphIndexer(Stage):
     def delete_documents(self, doc_ids: list[str]) -> int:
         """Remove every chunk of ``doc_ids`` (and what only they supported); returns chunks removed."""
         self.update_index([], list(doc_ids))
-        return int(self.__dict__["_last_stats"].get("removed_chunks", 0))
+        return int(self._last_stats.get("removed_chunks", 0))
 
     def _check_compatible(self, folder: Path, stored: dict) -> None:
         wanted = {"extractor": self.extractor, "extractor_id": self.extractor_identity(),
@@ -353,7 +357,7 @@ class GraphIndexer(Stage):
             (tmp / "vector_keys.json").write_text(json.dumps(keys, ensure_ascii=False), encoding="utf-8")
             write_params(tmp, params)
         _forget(folder)
-        self.__dict__["_last_stats"] = stats
+        self._last_stats = stats
 
 
 class _NoBar:

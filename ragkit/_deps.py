@@ -23,6 +23,8 @@ KNOWN = {
     "gguf": ("gguf", "llm"),
     "accelerate": ("accelerate", "llm"),
     "peft": ("peft", "lora"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "distributed": ("distributed", "dask"),
 }
 
 

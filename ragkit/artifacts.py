@@ -676,3 +676,90 @@ class DocStore:
                                      f"bytes; offsets end at {int(offsets[-1])}); one of the two files is corrupt "
                                      f"or truncated. Rebuild the index.")
         return cls(ids, doc_ids, blob, offsets, titles, folder)
+
+
+# -- sharded index folders ------------------------------------------------------------------------
+#
+# A sharded index is still one index folder, written with :func:`atomic_folder`: its top-level
+# ``params.json`` (with ``"sharded": true``), the global data every shard shares (BM25: the
+# vocabulary and global statistics), one sub-folder per shard and ``shards.json``, the manifest.
+# Every shard folder carries ``shard.json`` naming the build it belongs to; the manifest is written
+# last inside the temporary folder and the folder is renamed into place in one step, so all shards
+# are committed together or not at all.
+
+SHARDS_FILE = "shards.json"
+SHARD_FILE = "shard.json"
+SHARD_LAYOUT = "ragkit-shards"
+SHARD_LAYOUT_VERSION = 1
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def is_sharded(folder: str | Path) -> bool:
+    return (Path(folder) / SHARDS_FILE).exists()
+
+
+def write_shard_manifest(folder: Path, stage: str, build_id: str, shards: list[Mapping[str, Any]],
+                         extra: Mapping[str, Any] | None = None) -> None:
+    """Write each shard's ``shard.json`` and the folder's manifest (call last, inside atomic_folder)."""
+    from . import __version__
+
+    for i, s in enumerate(shards):
+        sdata = {"layout": SHARD_LAYOUT, "layout_version": SHARD_LAYOUT_VERSION, "build_id": build_id,
+                 "stage": stage, "shard": i, "num_shards": len(shards), "count": s["count"]}
+        (folder / s["name"] / SHARD_FILE).write_text(json.dumps(sdata, indent=2), encoding="utf-8")
+    data = {"layout": SHARD_LAYOUT, "layout_version": SHARD_LAYOUT_VERSION, "ragkit_version": __version__,
+            "stage": stage, "build_id": build_id, "num_shards": len(shards),
+            "total": int(sum(s["count"] for s in shards)), "shards": [dict(s) for s in shards], **(extra or {})}
+    (folder / SHARDS_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def read_shard_manifest(folder: str | Path, *, expect_stage: str | None = None,
+                        expect_shards: int | None = None) -> dict[str, Any]:
+    """Read and check a sharded index's manifest and every shard's ``shard.json``.
+
+    Errors (IndexArtifactError) for: a layout this ragkit does not read, a shard folder missing or
+    belonging to another build (shards mixed from different builds or ragkit versions), and a shard
+    count other than ``expect_shards`` (a retriever told another layout)."""
+    folder = Path(folder)
+    f = folder / SHARDS_FILE
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexArtifactError(f"{folder}: not a sharded index ({SHARDS_FILE} missing).") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise IndexArtifactError(f"{f}: corrupt shard manifest ({exc}); rebuild the index.") from None
+    if not isinstance(data, dict) or data.get("layout") != SHARD_LAYOUT:
+        raise IndexArtifactError(f"{f}: unknown shard layout {data.get('layout') if isinstance(data, dict) else data!r}"
+                                 f"; expected '{SHARD_LAYOUT}'. Rebuild the index.")
+    if data.get("layout_version") != SHARD_LAYOUT_VERSION:
+        raise IndexArtifactError(f"{f}: shard layout version {data.get('layout_version')!r} (written by ragkit "
+                                 f"{data.get('ragkit_version')}), this ragkit reads version {SHARD_LAYOUT_VERSION}. "
+                                 f"Rebuild the index with this ragkit.")
+    if expect_stage is not None and data.get("stage") != expect_stage:
+        raise IndexArtifactError(f"{folder}: sharded index was built by '{data.get('stage')}', expected "
+                                 f"'{expect_stage}'.")
+    n = data.get("num_shards")
+    shards = data.get("shards") or []
+    if not isinstance(n, int) or n != len(shards) or n < 1:
+        raise IndexArtifactError(f"{f}: manifest lists {len(shards)} shards but says num_shards={n!r}; rebuild.")
+    if expect_shards is not None and expect_shards != n:
+        raise IndexArtifactError(f"{folder}: the index has {n} shards, the retriever was told shards={expect_shards}. "
+                                 f"Rebuild the index with {expect_shards} partitions or set shards: {n} "
+                                 f"(or leave 'shards' unset to accept the index's layout).")
+    for i, s in enumerate(shards):
+        sf = folder / str(s.get("name")) / SHARD_FILE
+        try:
+            sd = json.loads(sf.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise IndexArtifactError(f"{sf}: shard #{i} is missing or corrupt ({exc}); rebuild the index.") from None
+        if sd.get("layout_version") != SHARD_LAYOUT_VERSION or sd.get("build_id") != data.get("build_id") \
+                or sd.get("shard") != i or sd.get("count") != s.get("count"):
+            raise IndexArtifactError(
+                f"{sf}: shard #{i} does not belong to this index (shard build {sd.get('build_id')!r}, layout "
+                f"version {sd.get('layout_version')!r}, position {sd.get('shard')!r}; the manifest says build "
+                f"{data.get('build_id')!r}, version {SHARD_LAYOUT_VERSION}, position {i}). Shards from different "
+                f"builds or ragkit versions cannot be mixed; rebuild the index.")
+    return data

@@ -98,7 +98,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         from .ingest import read_documents
 
         docs = read_documents(args.corpus, progress=_progress(args))
-    stats = p.build_index(docs, progress=_progress(args))
+    executor = getattr(args, "cluster", None)
+    if getattr(args, "partitions", None) is not None and executor is None and p.executor is None:
+        raise ConfigError("--partitions needs --cluster (or an executor: section in the pipeline)")
+    stats = p.build_index(docs, progress=_progress(args), executor=executor, partitions=getattr(args, "partitions", None))
     if "report" in stats and not args.json:
         print(stats.pop("report"), file=sys.stderr)
     print(json.dumps(stats) if args.json else "indexed: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
@@ -226,7 +229,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = next(iter(pipes.values())).evaluation  # dataset/metrics default to the eval: section
     res = evaluate(pipes, args.dataset, args.metrics or (spec.metrics if spec else None), batch_size=args.batch_size or (spec.batch_size if spec else 1),
                    max_queries=args.max_queries or (spec.max_queries if spec else None),
-                   significance=args.significance, progress=_progress(args), save=args.save)
+                   significance=args.significance, progress=_progress(args), save=args.save,
+                   executor=getattr(args, "cluster", None))
     print(res.table())
     if args.save:
         print(f"saved: {args.save}")
@@ -324,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("pipeline", help="pipeline YAML file")
     sp.add_argument("--corpus", help="index this file/folder instead of the pipeline's 'corpus:' section")
     sp.add_argument("--json", action="store_true", help="print the index statistics as JSON")
+    _cluster_args(sp, partitions=True)
 
     sp = add("run", cmd_run, "answer queries with a pipeline",
              "Answer one query (QUERY), a file of queries (--queries: .jsonl with qid/text, .tsv qid<TAB>text, "
@@ -347,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--significance", choices=["ttest", "randomization", "both"], default="ttest",
                     help="paired test against the first pipeline (default ttest)")
     sp.add_argument("--save", metavar="FILE.json", help="save all results (incl. per-query values) as JSON")
+    _cluster_args(sp, partitions=False)
 
     sp = add("validate", cmd_validate, "check pipeline files without loading models")
     sp.add_argument("pipelines", nargs="+", help="pipeline YAML file(s)")
@@ -364,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _mount_plugins(sub, add)
     return ap
+
+
+def _cluster_arg(value: str) -> str:
+    from .distributed import CLUSTER_RE, CLUSTER_HELP
+
+    if not CLUSTER_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a cluster; valid: {CLUSTER_HELP}")
+    return value
+
+
+def _cluster_args(sp: argparse.ArgumentParser, partitions: bool) -> None:
+    sp.add_argument("--cluster", type=_cluster_arg, metavar="SPEC",
+                    help="run on a Dask cluster: local[:N] (N worker processes on 127.0.0.1), tcp://HOST:PORT "
+                         "(a running scheduler), or serial (in process); overrides the pipeline's executor: "
+                         "section" + (". Indexes are written as shards" if partitions else ""))
+    if partitions:
+        sp.add_argument("--partitions", type=int, metavar="N",
+                        help="document partitions = index shards (default: one per worker)")
 
 
 def _mount_plugins(sub, add) -> None:

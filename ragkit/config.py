@@ -29,7 +29,7 @@ from .errors import ConfigError, did_you_mean, where
 from .stage import Configurable, ParamInfo, Stage, check_value, param
 
 CONFIG_VERSION = 1
-TOP_LEVEL_KEYS = ("version", "name", "description", "corpus", "index", "pipeline", "eval")
+TOP_LEVEL_KEYS = ("version", "name", "description", "corpus", "index", "pipeline", "eval", "executor")
 
 
 class CorpusSpec(Configurable):
@@ -58,6 +58,25 @@ class EvalSpec(Configurable):
     metrics: list[str] = param(["nDCG@10", "RR@10", "R@100", "AP", "P@10"], help="ir-measures names, plus EM, F1")
     batch_size: int = param(1, ge=1, help="queries per batch (1 gives true per-query latency)")
     max_queries: int | None = param(None, ge=1, help="evaluate only the first N queries")
+
+
+class ExecutorSpec(Configurable):
+    """Where `ragkit index` and `ragkit eval` run: in process, or on a Dask cluster (ragkit.distributed)."""
+
+    key = "executor"
+    cluster: str = param("local", help="serial (in this process, sharded), local or local:N (Dask LocalCluster of "
+                                       "N worker processes on 127.0.0.1; default one per CPU), tcp://HOST:PORT "
+                                       "(an existing Dask scheduler)")
+    partitions: int = param(0, ge=0, help="document partitions = index shards (0 = one per worker)")
+    threads_per_worker: int = param(1, ge=1, help="threads of each local worker process")
+    retries: int = param(0, ge=0, help="extra attempts for a partition whose task raised (a dead worker's "
+                                       "partitions are always recomputed by Dask)")
+    connect_timeout: float = param(10.0, gt=0, help="seconds to wait for a tcp:// scheduler before failing")
+
+    def validate(self) -> None:
+        from .distributed import check_cluster
+
+        check_cluster(self.cluster)
 
 
 # -------------------------------------------------------------------------------------------
@@ -324,7 +343,7 @@ def parse_pipeline_dict(data: Any, file: str, loc: Located) -> dict:
             raise ConfigError(f"{where(file, loc.line(section))}'{section}' must be a list of stages.")
         out[section] = [build_stage(it, file=file, loc=loc, path=(section, i), label=f"{section} stage #{i + 1}")
                         for i, it in enumerate(items)]
-    for section, cls in (("corpus", CorpusSpec), ("eval", EvalSpec)):
+    for section, cls in (("corpus", CorpusSpec), ("eval", EvalSpec), ("executor", ExecutorSpec)):
         if data.get(section) is None:
             out[section] = None
             continue
@@ -357,5 +376,5 @@ def read_text(path: str | Path) -> str:
         raise ConfigError(f"{p}: cannot read the pipeline file ({exc.strerror or exc}).") from None
 
 
-__all__ = ["CorpusSpec", "EvalSpec", "load_yaml", "build_stage", "build_configurable", "stage_to_item",
+__all__ = ["CorpusSpec", "EvalSpec", "ExecutorSpec", "load_yaml", "build_stage", "build_configurable", "stage_to_item",
            "parse_pipeline_dict", "check_value"]

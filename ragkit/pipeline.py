@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .config import (CONFIG_VERSION, CorpusSpec, EvalSpec, load_yaml, parse_pipeline_dict, read_text,
+from .config import (CONFIG_VERSION, CorpusSpec, EvalSpec, ExecutorSpec, load_yaml, parse_pipeline_dict, read_text,
                      stage_to_item)
 from .errors import ConfigError, PipelineError, StageInputError, where
 from .records import Document, Query, as_chunks
@@ -29,7 +29,8 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage] = (), *, index: Sequence[Stage] = (),
                  corpus: CorpusSpec | None = None, evaluation: EvalSpec | None = None,
-                 name: str = "", description: str = "", base_dir: str | Path | None = None) -> None:
+                 name: str = "", description: str = "", base_dir: str | Path | None = None,
+                 executor: ExecutorSpec | None = None) -> None:
         self.stages: list[Stage] = _flatten(stages)
         self.index_stages: list[Stage] = _flatten(index)
         self.corpus = corpus
@@ -40,12 +41,14 @@ class Pipeline:
         for label, text in (("name", name), ("description", description)):
             if not isinstance(text, str) or "\x00" in text:
                 raise ConfigError(f"pipeline {label} must be a string without NUL characters, got {text!r:.60}")
+        self.executor = executor
         self.check()
 
     # -- composition ---------------------------------------------------------------------------
     def _with(self, stages: list[Stage]) -> "Pipeline":
         return Pipeline(stages, index=self.index_stages, corpus=self.corpus, evaluation=self.evaluation,
-                        name=self.name, description=self.description, base_dir=self.base_dir)
+                        name=self.name, description=self.description, base_dir=self.base_dir,
+                        executor=self.executor)
 
     def __rshift__(self, other: Any) -> "Pipeline":
         if isinstance(other, Pipeline):
@@ -65,7 +68,8 @@ class Pipeline:
         return isinstance(other, Pipeline) and self._key() == other._key()
 
     def _key(self) -> tuple:
-        return (self.stages, self.index_stages, self.corpus, self.evaluation, self.name, self.description)
+        return (self.stages, self.index_stages, self.corpus, self.evaluation, self.name, self.description,
+                self.executor)
 
     def __repr__(self) -> str:
         body = " >> ".join(map(repr, self.stages)) or "(empty)"
@@ -146,7 +150,7 @@ class Pipeline:
         return as_runnable(self)
 
     def build_index(self, documents: Iterable[Document] | None = None, *, progress: bool | None = None,
-                    incremental: bool = True) -> dict:
+                    incremental: bool = True, executor: Any = None, partitions: int | None = None) -> dict:
         """Run the index stages over ``documents`` (default: the corpus section). Returns stats.
 
         With the corpus section as input and ``incremental`` on, a rebuild reads, chunks and
@@ -158,6 +162,11 @@ class Pipeline:
         only a new or empty folder or a ragkit index of the same kind is replaced, never the
         pipeline file's folder, the corpus or a folder above them. Each index records the corpus
         it was built from, so that :meth:`setup` can refuse indexes built from different corpora.
+
+        ``executor`` (or the pipeline's ``executor:`` section): build sharded indexes in partitions,
+        on a Dask cluster (``"local:2"``, ``"tcp://host:8786"``, a ``distributed.Client``) or in this
+        process (``"serial"``); see :mod:`ragkit.distributed`. ``partitions`` overrides the number of
+        partitions (= shards). A sharded build always re-indexes the whole corpus.
         """
         if not self.index_stages:
             raise PipelineError("the pipeline has no 'index:' stages")
@@ -172,6 +181,10 @@ class Pipeline:
         with build_context(protect=protect):
             for s in indexers:  # refuse a bad index path before any work is done
                 check_target(s.index_folder(), s.key, what=f"index folder of '{s.key}'")
+        executor = executor if executor is not None else self.executor
+        if executor is not None:
+            with build_context(protect=protect):
+                return self._build_sharded(documents, executor, partitions, progress)
         previous = None
         if documents is None:
             if self.corpus is None:
@@ -206,6 +219,33 @@ class Pipeline:
 
             out.append((resolve_path(self.corpus.path, self.base_dir), "the corpus (corpus: path)"))
         return out
+
+    def _build_sharded(self, documents: Iterable[Document] | None, executor: Any, partitions: int | None,
+                       progress: bool | None) -> dict:
+        from . import distributed
+
+        distributed.shardable(self.index_stages)  # fail before reading the corpus
+        for s in self.index_stages:
+            s.bind_context(base_dir=self.base_dir, progress=progress)
+        indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
+        if documents is None:
+            if self.corpus is None:
+                raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
+            from .ingest import read_corpus
+
+            documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
+        report = getattr(documents, "report", None)
+        manifest = getattr(documents, "manifest", None)
+        docs = list(documents)
+        with distributed.open_executor(executor, partitions=partitions) as ex:
+            stats = distributed.build_index(self.index_stages, docs, ex, base_dir=self.base_dir, progress=progress)
+        if report is not None:
+            stats["skipped"] = len(report.skipped)
+            stats["report"] = report.summary()
+        if manifest is not None:
+            for s in indexers:
+                manifest.save(s.index_folder())
+        return stats
 
     def _run_index_stages(self, documents: Iterable[Any], stages: list[Stage]) -> dict:
         report = getattr(documents, "report", None)
@@ -262,6 +302,8 @@ class Pipeline:
         out["pipeline"] = [stage_to_item(s) for s in self.stages]
         if self.evaluation is not None:
             out["eval"] = self.evaluation.changed_config()
+        if self.executor is not None:
+            out["executor"] = self.executor.changed_config()
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
@@ -298,7 +340,7 @@ class Pipeline:
             _check_chain(parts["index"], DOCUMENTS, "index", True)
             p = cls(parts["pipeline"], index=parts["index"], corpus=parts["corpus"],
                     evaluation=parts["eval"], name=parts["name"], description=parts["description"],
-                    base_dir=base_dir)
+                    base_dir=base_dir, executor=parts.get("executor"))
             p.check(complete=True)
             return p
         except PipelineError as exc:

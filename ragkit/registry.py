@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "ragkit.retrievers.dense",
     "ragkit.retrievers.mha",
     "ragkit.retrievers.fusion",
+    "ragkit.retrievers.langchain",
     "ragkit.rerankers.cross_encoder",
     "ragkit.rerankers.monot5",
     "ragkit.rerankers.duot5",

@@ -13,6 +13,9 @@ Scoring parameters (``k1``, ``b``, ``delta``, ``method``) and tokenizer options 
 ``None``, meaning "as the index was built"; any value given must equal the index's, or
 loading fails with an IndexArtifactError naming every difference.
 
+A sharded index (``ragkit index --cluster``, see :mod:`ragkit.indexers._bm25_shards`) opens the
+same way: every shard is searched and the top ``k`` merged, exactly as one index ranks and scores.
+
 After ``setup()`` the retriever only reads (memory-mapped) arrays, so one instance can serve
 several threads at once.
 """
@@ -28,6 +31,7 @@ from ragkit.stage import Retriever, param
 
 from ragkit.indexers._tokenize import Tokenizer
 from ragkit.indexers.bm25 import KEY as INDEX_KEY
+from ragkit.indexers._bm25_shards import load_bm25
 from ragkit.indexers.bm25 import BM25Index, Method, validate_pattern
 
 _SCORING = ("k1", "b", "delta", "method")
@@ -51,6 +55,8 @@ class BM25Retriever(Retriever):
     stemmer: Literal["porter", "english", "none"] | None = param(None, help="must equal the index's "
                                                                              "(default: as built)")
     token_pattern: str | None = param(None, help="must equal the index's (default: as built)")
+    shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
+                                               "built with; a different count is an error)")
 
     def validate(self) -> None:
         if self.token_pattern is not None:
@@ -65,7 +71,7 @@ class BM25Retriever(Retriever):
 
     def _setup(self) -> None:
         folder = resolve_path(self.index, self._base_dir)
-        idx = BM25Index.load(folder, mmap=self.mmap)
+        idx = load_bm25(folder, mmap=self.mmap, expect_shards=self.shards)
         stored = {n: idx.params.get(n) for n in _SCORING}
         stored |= {f"tokenizer.{n}": v for n, v in idx.params.get("tokenizer", {}).items()}
         check_params(folder, stored, self.wanted_params())

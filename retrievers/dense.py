@@ -3,7 +3,9 @@
 The encoder, normalisation and query prefix come from the index folder's ``params.json``; giving
 ``model`` checks that it is the model the index was built with (else IndexArtifactError). ``nprobe``
 (IVF) and ``ef_search`` (HNSW) override the index's defaults per query; ``mmap: true`` memory-maps
-the FAISS index and texts instead of reading them into memory.
+the FAISS index and texts instead of reading them into memory. A sharded index (``ragkit index
+--cluster``) opens the same way; its shards' top-k are merged by (score, doc_id, chunk_id), which for
+``flat`` shards is exactly the single flat index's result.
 """
 from __future__ import annotations
 
@@ -43,17 +45,21 @@ class DenseRetriever(Retriever):
     device: Literal["cpu", "cuda"] = param("cpu", help="encoder and FAISS device")
     mmap: bool = param(False, help="memory-map the FAISS index and texts")
     batch_size: int = param(64, ge=1, help="queries per encoder batch")
+    backend: Literal["", "torch", "onnx", "onnx-int8"] = param("", help="query encoder runtime (empty = the "
+                                                                    "backend that built the index)")
+    shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
+                                               "built with; a different count is an error)")
 
 
 
     def _setup(self) -> None:
         from ragkit.indexers._encoder import Encoder
-        from ragkit.indexers._faiss import DenseIndex
+        from ragkit.indexers._dense_shards import load_dense
         from ragkit.models import resolve_model
 
         base = self._base_dir
         folder = resolve_path(self.index, base)
-        idx = DenseIndex.load(folder, expect_key=INDEX_KEY, mmap=self.mmap)
+        idx = load_dense(folder, mmap=self.mmap, expect_shards=self.shards)
         p = idx.params
         if idx.kind in ("ivf", "ivfpq") and self.nprobe > int(p["nlist"]):
             raise ConfigError(f"'retriever.dense': parameter 'nprobe' is {self.nprobe}, larger than the index's "
@@ -70,7 +76,8 @@ class DenseRetriever(Retriever):
             name = stored_id[5:] if stored_id.startswith("path:") else p.get("model", stored_id)
         enc = Encoder(name, device=self.device, batch_size=self.batch_size, normalize=bool(p.get("normalize", True)),
                       query_prefix=p.get("query_prefix", ""), doc_prefix=p.get("doc_prefix", ""),
-                      max_length=p.get("max_length"), cache=False, base_dir=base)
+                      max_length=p.get("max_length"), cache=False, base_dir=base,
+                      backend=self.backend or p.get("backend", "torch"))
         if enc.model_id != stored_id:
             raise IndexArtifactError(f"{folder}: index was built with model {stored_id!r}, but {name!r} resolves "
                                      f"to {enc.model_id!r} here. Rebuild the index.")

@@ -85,12 +85,12 @@ class MHARetriever(Retriever):
         self._p = p
         self._emb = emb
         self._heads = heads
-        object.__setattr__(self, "_s", s if self.importance == "paper" else np.ones_like(s))
+        self._s = s if self.importance == "paper" else np.ones_like(s)
         store = DocStore.load(folder)
         if len(store) != int(p["count"]):
             raise IndexArtifactError(f"{folder}: document store holds {len(store)} passages, the head indexes "
                                      f"{p['count']}; rebuild the index.")
-        object.__setattr__(self, "_store", store)
+        self._store = store
 
     def head_rankings(self, batch: list[Query], c: int) -> list[list[np.ndarray]]:
         """Per query, per head: the top-c docstore rows."""

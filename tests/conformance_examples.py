@@ -104,6 +104,17 @@ def _langchain(tmp: Path):
     return LangChainGenerator(model="conformance-fake")
 
 
+def _lc_store(tmp: Path):
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from ragkit.retrievers.langchain import LangChainRetriever, RagkitEmbeddings, add_documents, register_store
+
+    store = InMemoryVectorStore(RagkitEmbeddings("hash"))
+    add_documents(store, DOCS)
+    register_store("conformance-store", store)
+    return LangChainRetriever(store="conformance-store", k=3, text=True)
+
+
 def _stage(module: str, cls: str, **kw):
     import importlib
 
@@ -134,6 +145,7 @@ EXAMPLES.update({
     "indexer.kv": lambda tmp: (_stage("ragkit.indexers.kv", "KVIndexer", model=tiny("lm", tmp), store=str(tmp / "kv"),
                                       device="cpu", max_rank=2), chunks()),
     "generator.langchain": lambda tmp: (_langchain(tmp), rankings()),
+    "retriever.langchain": lambda tmp: (_lc_store(tmp), QUERIES),
 })
 
 

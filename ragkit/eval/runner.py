@@ -105,18 +105,25 @@ def _progress(enabled: bool | None, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="q", disable=not show, leave=False)
 
 
-def _run_pipeline(name: str, pipe: Any, queries: list, batch_size: int, progress: bool | None):
+def _run_pipeline(name: str, pipe: Any, queries: list, batch_size: int, progress: bool | None,
+                  executor: Any = None):
     """Results by qid, per-query seconds, per-query seconds of each stage key, setup seconds."""
-    t0 = time.perf_counter()
-    pipe.setup()
-    setup_s = time.perf_counter() - t0
+    batches = [queries[start:start + batch_size] for start in range(0, len(queries), batch_size)]
+    if executor is not None:  # batches run on the workers (each loads the pipeline once), in order here
+        from ..distributed import run_query_batches
+
+        done, setup_s = run_query_batches(pipe, batches, executor)
+    else:
+        t0 = time.perf_counter()
+        pipe.setup()
+        setup_s = time.perf_counter() - t0
+        done = None
     results: dict[str, Any] = {}
     latency: dict[str, float] = {}
     stages: dict[str, float] = {}
     with _progress(progress, len(queries), name) as bar:
-        for start in range(0, len(queries), batch_size):
-            batch = queries[start:start + batch_size]
-            out, times = pipe.run_timed(batch)
+        for bi, batch in enumerate(batches):
+            out, times = done[bi] if done is not None else pipe.run_timed(batch)
             if len(out) != len(batch):
                 raise DataError(f"pipeline {name!r} returned {len(out)} results for a batch of {len(batch)} queries.")
             per_q = sum(times.values()) / len(batch)
@@ -143,7 +150,7 @@ def _ranking_of(r: Any) -> Ranking | None:
 def evaluate(pipelines: Any, dataset: "str | Path | Dataset | None" = None, metrics: Sequence[str] | str | None = None,
              *, batch_size: int = 1, max_queries: int | None = None, baseline: str | int | None = None,
              significance: str | None = "ttest", progress: bool | None = None, save: str | Path | None = None,
-             permutations: int = 10_000, seed: int = 0) -> EvalResult:
+             permutations: int = 10_000, seed: int = 0, executor: Any = None) -> EvalResult:
     """Evaluate one or more pipelines on a dataset.
 
     ``pipelines``: a Pipeline (or Stage), a list of them (named by ``Pipeline.name`` or their stage
@@ -152,7 +159,9 @@ def evaluate(pipelines: Any, dataset: "str | Path | Dataset | None" = None, metr
     and/or EM, F1, EM-in (default: nDCG@10, RR@10, R@100, AP, P@10, plus EM, F1, EM-in for
     generators when the dataset has answers). ``baseline``: name or index of the pipeline the others
     are tested against (default: the first). ``significance``: "ttest", "randomization", "both" or
-    None. ``save``: write the JSON result there (``.md``: the Markdown table).
+    None. ``save``: write the JSON result there (``.md``: the Markdown table). ``executor``: run the
+    queries on a Dask cluster (``"local:2"``, ``"tcp://host:8786"``, a ``distributed.Client``; see
+    :mod:`ragkit.distributed`): same results, latency measured on the workers.
     """
     pipes = _name_pipelines(pipelines)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -181,8 +190,17 @@ def evaluate(pipelines: Any, dataset: "str | Path | Dataset | None" = None, metr
 
     base_name = _baseline(baseline, list(pipes))
     summary, per_query, latency = {}, {}, {}
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        ex = None
+        if executor is not None:
+            from ..distributed import open_executor
+
+            ex = stack.enter_context(open_executor(executor))
+        runs = {name: _run_pipeline(name, pipe, queries, batch_size, progress, ex) for name, pipe in pipes.items()}
     for name, pipe in pipes.items():
-        results, lat, stages, setup_s = _run_pipeline(name, pipe, queries, batch_size, progress)
+        results, lat, stages, setup_s = runs[name]
         values: dict[str, dict[str, float]] = {}
         if ir_metrics:
             rankings = {q: _ranking_of(results.get(q)) for q in ir_qids}

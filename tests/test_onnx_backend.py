@@ -1,0 +1,57 @@
+"""Encoder backends onnx / onnx-int8 (indexers/_onnx.py): parity with torch, recorded in the index."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ConfigError
+from ragkit.indexers._encoder import Encoder
+
+TEXTS = ["The cat sat on the mat.", "Aerodynamic heating of a slender body at hypersonic speeds.",
+         "Libraries classify books by subject headings.", "Who wrote the Declaration of Independence?",
+         "short", "A much longer passage " * 30]
+
+
+def test_backend_choices_checked():
+    with pytest.raises(ConfigError, match="encoder backend 'tensorrt'; valid: torch, onnx, onnx-int8"):
+        Encoder("hash", backend="tensorrt")
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        Encoder("hash", backend="onnx", device="cuda")
+    from ragkit.indexers.dense import DenseIndexer
+
+    with pytest.raises(ConfigError, match="backend"):
+        DenseIndexer(path="x", backend="int4")
+
+
+@pytest.mark.model
+def test_onnx_matches_torch_and_int8_is_close():
+    pytest.importorskip("onnxruntime")
+    ref = Encoder("minilm", cache=False).encode_documents(TEXTS)
+    f32 = Encoder("minilm", backend="onnx", cache=False).encode_documents(TEXTS)
+    assert np.abs(ref - f32).max() < 1e-4  # same graph, same pooling and normalisation
+    i8 = Encoder("minilm", backend="onnx-int8", cache=False).encode_documents(TEXTS)
+    cos = (ref * i8).sum(1)
+    assert cos.min() > 0.97 and np.allclose(np.linalg.norm(i8, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.model
+def test_index_records_backend_and_retriever_uses_it(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ragkit.indexers.dense import DenseIndexer
+    from ragkit.pipeline import Pipeline
+    from ragkit.records import Document
+    from ragkit.retrievers.dense import DenseRetriever
+
+    docs = [Document(f"d{i}", t) for i, t in enumerate(TEXTS)]
+    DenseIndexer(path=str(tmp_path / "i"), backend="onnx-int8")(docs)
+    assert json.loads((tmp_path / "i" / "params.json").read_text())["backend"] == "onnx-int8"
+    r = Pipeline([DenseRetriever(index=str(tmp_path / "i"), k=2)])
+    r.setup()
+    assert r.stages[0].__dict__["_enc"].backend == "onnx-int8"
+    assert r.search("a cat on a mat").hits[0].doc_id == "d0"
+    # explicit float32 query encoder against int8 document vectors also works
+    assert Pipeline([DenseRetriever(index=str(tmp_path / "i"), k=2, backend="torch")]).search(
+        "a cat on a mat").hits[0].doc_id == "d0"
