@@ -82,7 +82,7 @@ def _read_vectors(folder: Path, dim: int, mmap: bool = False) -> dict[str, Vecto
         k = keys.get(name, [])
         if name == "relations":
             k = [tuple(x) for x in k]
-        v = load_array(folder, f"{name}.npy", mmap=mmap)
+        v = load_array(folder, f"{name}.npy", mmap=mmap, dtype="float32", ndim=2)
         if v.ndim != 2 or len(v) != len(k) or (len(k) and v.shape[1] != dim):
             raise IndexArtifactError(f"{folder / (name + '.npy')}: {v.shape} vectors for {len(k)} keys of "
                                      f"dimension {dim}; the index is inconsistent, rebuild it.")

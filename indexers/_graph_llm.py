@@ -35,11 +35,11 @@ class HFChat:
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 512,
                  base_dir: Any = None) -> None:
-        from ragkit.generators._model import load_causal_lm
+        from ragkit.models import load_causal_lm
 
         self.tok, self.model, res = load_causal_lm(model, device, dtype, "auto", base_dir=base_dir)
         self.max_new_tokens = max_new_tokens
-        self.identity = f"hf:{res.model_id}@{res.revision}:greedy:{max_new_tokens}"
+        self.identity = f"hf:{res.id}@{res.revision}:greedy:{max_new_tokens}"
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:

@@ -106,7 +106,7 @@ class GraphIndexer(Stage):
     _encoder = None      # loaded state (plain private attributes, see docs/ARCHITECTURE.md)
     _llm = None
     _spacy = None
-    _last_stats: dict = {}
+    _last_stats = None
 
     def validate(self) -> None:
         if not self.entity_types or any(not isinstance(t, str) or not t.strip() for t in self.entity_types):
@@ -271,7 +271,7 @@ class GraphIndexer(Stage):
     def delete_documents(self, doc_ids: list[str]) -> int:
         """Remove every chunk of ``doc_ids`` (and what only they supported); returns chunks removed."""
         self.update_index([], list(doc_ids))
-        return int(self._last_stats.get("removed_chunks", 0))
+        return int((self._last_stats or {}).get("removed_chunks", 0))
 
     def _check_compatible(self, folder: Path, stored: dict) -> None:
         wanted = {"extractor": self.extractor, "extractor_id": self.extractor_identity(),
@@ -343,7 +343,7 @@ class GraphIndexer(Stage):
                                                    "identity": llm.identity, "prompt_id": llm.prompt_id},
                   "content_hash": content_hash((c, state.chunks[c][0], state.chunks[c][1]) for c in cids),
                   "stats": stats}
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, KEY) as tmp:
             (tmp / "graph.json").write_bytes(_dump_graph(g))
             with open(tmp / "extractions.jsonl", "w", encoding="utf-8") as f:
                 for c in cids:

@@ -48,6 +48,7 @@ from .errors import ConfigError, IndexArtifactError
 
 PARAMS_FILE = "params.json"
 MANIFEST_FILE = "manifest.json"
+SHARDS_FILE = "shards.json"   # a sharded index's manifest, written after params.json (see below)
 VERIFY_MODES = ("fast", "full", "off")
 EDGE = 1 << 16  # bytes hashed at each end of a file in fast mode
 _CHUNK = 1 << 22
@@ -221,7 +222,7 @@ def check_target(path: str | Path, stage: str | None = None, *, protect: Iterabl
                           f"replace one kind of index with another. Give this indexer its own folder.")
     listed = data.get("files")
     known = {str(n).split("/")[0] for n in listed} if isinstance(listed, dict) else None
-    foreign = [e for e in entries if e not in (PARAMS_FILE, MANIFEST_FILE) and not _ragkit_temp(e)
+    foreign = [e for e in entries if e not in (PARAMS_FILE, MANIFEST_FILE, SHARDS_FILE) and not _ragkit_temp(e)
                and (known is None and not _legacy_artifact(e) or known is not None and e not in known)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -687,7 +688,6 @@ class DocStore:
 # last inside the temporary folder and the folder is renamed into place in one step, so all shards
 # are committed together or not at all.
 
-SHARDS_FILE = "shards.json"
 SHARD_FILE = "shard.json"
 SHARD_LAYOUT = "ragkit-shards"
 SHARD_LAYOUT_VERSION = 1

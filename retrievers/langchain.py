@@ -107,6 +107,8 @@ class LangChainRetriever(Retriever):
                            "negated), relevance (the store's 0..1 relevance)")
     max_concurrency: int = param(4, ge=1, help="queries searched in parallel")
 
+    _store = None   # the registered LangChain store, set in _setup()
+
     def _setup(self) -> None:
         require("langchain_core", "retriever.langchain")
         with _LOCK:
@@ -116,12 +118,12 @@ class LangChainRetriever(Retriever):
             raise ConfigError(f"'{self.key}': parameter 'store' is {self.store!r}, but no LangChain store is "
                               f"registered under that name (registered: {known}). Call "
                               "ragkit.retrievers.langchain.register_store(name, store) first.")
-        self.__dict__["_store"] = store
+        self._store = store
 
     def _search(self, q: Query) -> list[tuple[Any, float | None]]:
         from langchain_core.vectorstores import VectorStore
 
-        store = self.__dict__["_store"]
+        store = self._store
         if isinstance(store, VectorStore):
             if self.score == "relevance":
                 return list(store.similarity_search_with_relevance_scores(q.text, k=self.k))
