@@ -187,28 +187,37 @@ def _pairs(hits: Sequence[Any]) -> list[tuple[str, str | None]]:
     return [(h.text, h.meta.get("title") if h.meta else None) for h in hits]
 
 
+def dummy_passages(g: Any, seg: Segments, dummy: str) -> list[tuple[str, None]]:
+    """A content-free dummy for each passage: ``dummy`` repeated to about the passage's token count
+    (attention mass grows with a passage's length, so the bias is measured at the same length)."""
+    tok = g.__dict__["_tok"]
+    per = max(1, len(tokenize(tok, " " + dummy.strip())))
+    return [(" ".join([dummy.strip()] * max(1, round(len(b) / per))), None) for b in seg.blocks]
+
+
 def attention_relevance(g: Any, question: str, hits: Sequence[Any], *, calibrated: bool = True, bias: str = "dummy",
-                        dummy: str = DEFAULT_DUMMY, rewriters: Sequence[Any] = ()) -> tuple[list[float], dict]:
+                        dummy: str = DEFAULT_DUMMY, rewriters: Sequence[Any] = (),
+                        layers: Sequence[int] | None = None) -> tuple[list[float], dict]:
     """Found-in-the-middle relevance of each passage (mean over layers and heads of the attention
     mass the final block's rows give it), calibrated by a dummy document at the same position."""
-    rd = Reader("final")
+    rd = Reader("final", layers=layers)
     pf = prefill(g, question, _pairs(hits), [rd], rewriters)
     raw = passage_scores(rd, pf.ctx.doc_spans)
     info: dict[str, Any] = {"vanilla": raw, "prefill": pf}
     if not calibrated:
         return raw, info
-    K = len(hits)
+    dums = dummy_passages(g, pf.seg, dummy)
     if bias == "swap":      # one prefill per position with only that passage replaced by the dummy
         base = []
-        for k in range(K):
-            rdk = Reader("final")
+        for k in range(len(hits)):
+            rdk = Reader("final", layers=layers)
             pairs = _pairs(hits)
-            pairs[k] = (dummy, None)
+            pairs[k] = dums[k]
             pk = prefill(g, question, pairs, [rdk], rewriters)
             base.append(passage_scores(rdk, pk.ctx.doc_spans)[k])
-    else:                   # one prefill with the dummy at every position
-        rdd = Reader("final")
-        pd = prefill(g, question, [(dummy, None)] * K, [rdd], rewriters)
+    else:                   # one prefill with a dummy at every position
+        rdd = Reader("final", layers=layers)
+        pd = prefill(g, question, dums, [rdd], rewriters)
         base = passage_scores(rdd, pd.ctx.doc_spans)
     info["bias"] = base
     return [a - b for a, b in zip(raw, base)], info

@@ -29,7 +29,7 @@ class AttentionReranker(Stage):
     keep_rest: bool = param(True, help="keep the hits below top_n under the reranked ones")
     calibrated: bool = param(True, help="subtract the positional bias measured with a dummy passage")
     bias: Literal["dummy", "swap"] = param("dummy", help="dummy at every position (1 prefill) or one per position")
-    dummy: str = param("N/A", help="content-free dummy passage text")
+    dummy: str = param("N/A", help="content-free dummy text, repeated to each passage's length")
     layers: str = param("all", help="layers averaged ('all', 'auto' = later half, 'a-b', 'a,b')")
     max_passage_tokens: int = param(512, ge=0, help="cut each passage to this many tokens (0 = no cut)")
     device: Literal["auto", "cpu", "cuda"] = param("auto", help="where to run the model")
@@ -64,33 +64,13 @@ class AttentionReranker(Stage):
         """(score per hit, {'vanilla': [...], 'bias': [...]}) for ``hits`` in their given order."""
         import torch
 
-        from ragkit.generators._attention import Reader
-
         d = self.__dict__
-        gen, run = d["_gen"], d["_run"]
-        layers = d["_layers"]
-        pairs = [(h.text, h.meta.get("title") if h.meta else None) for h in hits]
+        gen, run, layers = d["_gen"], d["_run"], d["_layers"]
         with gen.__dict__["_model_lock"], torch.no_grad():
-            rd = Reader("final", layers=layers)
-            pf = run.prefill(gen, r.query.text, pairs, [rd])
-            raw = run.passage_scores(rd, pf.ctx.doc_spans)
-            info: dict[str, Any] = {"vanilla": raw}
-            if not self.calibrated:
-                return raw, info
-            if self.bias == "swap":
-                base = []
-                for k in range(len(pairs)):
-                    rdk = Reader("final", layers=layers)
-                    p2 = list(pairs)
-                    p2[k] = (self.dummy, None)
-                    pk = run.prefill(gen, r.query.text, p2, [rdk])
-                    base.append(run.passage_scores(rdk, pk.ctx.doc_spans)[k])
-            else:
-                rdd = Reader("final", layers=layers)
-                pd = run.prefill(gen, r.query.text, [(self.dummy, None)] * len(pairs), [rdd])
-                base = run.passage_scores(rdd, pd.ctx.doc_spans)
-        info["bias"] = base
-        return [a - b for a, b in zip(raw, base)], info
+            rel, info = run.attention_relevance(gen, r.query.text, hits, calibrated=self.calibrated, bias=self.bias,
+                                                dummy=self.dummy, layers=layers)
+        info.pop("prefill", None)
+        return rel, info
 
     def run(self, batch: list[Ranking]) -> list[Ranking]:
         out = []
