@@ -279,8 +279,8 @@ def write_positions(args, items, out, K, pos_list) -> None:
 
 # -- ACT head search ---------------------------------------------------------------------------------
 def act_search(args) -> None:
-    """Layer-level search: ACT on all heads of one layer at a time; score = mean log-probability of the
-    first gold answer (teacher-forced) over the calibration questions; keep the ``--top`` layers with
+    """Layer-group search: ACT on all heads of a group of ``--group`` consecutive layers at a time; score = mean log-probability of the
+    first gold answer (teacher-forced) over the calibration questions; keep the ``--top`` groups with
     the largest gain over no ACT (gain > 0). Random baseline: the same number of (layer, head) pairs
     drawn uniformly, per seed."""
     import torch
@@ -294,7 +294,7 @@ def act_search(args) -> None:
     cfg = model.config
     L, H = cfg.num_hidden_layers, cfg.num_attention_heads
     cal = cal_split(args.questions)
-    pool = questions()[1000:1400]
+    pool = questions()[1000:1300]
     prompts = []
     for row in cal:
         ctx = contexts(row, pool, args.passages, args.seed)
@@ -322,12 +322,14 @@ def act_search(args) -> None:
     t0 = time.time()
     base = score({})
     gains = {}
-    for li in range(L):
-        gains[li] = score({li: list(range(H))}) - base
-        print(li, round(gains[li], 4), flush=True)
+    G = args.group
+    for li in range(0, L, G):
+        grp = list(range(li, min(L, li + G)))
+        gains[li] = score({x: list(range(H)) for x in grp}) - base
+        print(grp, round(gains[li], 4), flush=True)
     best = [li for li in sorted(gains, key=lambda x: -gains[x]) if gains[li] > 0][: args.top]
-    searched = [f"{li}:*" for li in best]
-    n_heads = len(best) * H
+    searched = [f"{x}:*" for li in best for x in range(li, min(L, li + G))]
+    n_heads = len(searched) * H
     all_pairs = [(li, h) for li in range(L) for h in range(H)]
     rnd = {str(s): [f"{li}:{h}" for li, h in random.Random(s).sample(all_pairs, n_heads)] for s in range(args.seeds)}
     res = {"machine": machine(), "command": " ".join(sys.argv), "rule": act_search.__doc__.strip(),
@@ -400,8 +402,8 @@ def guard(args) -> None:
 
     g = make_gen(guard="flag", guard_heads=["*"])
     allq = questions()
-    pool = allq[2000:2600]
-    cal_rows, test_rows = allq[2000:2000 + args.cal], allq[3000:3000 + args.test]
+    pool = allq[400:1000]
+    cal_rows, test_rows = allq[400:400 + args.cal], allq[700:700 + args.test]
     t0 = time.time()
 
     def focus_mats(sets):
@@ -432,7 +434,7 @@ def guard(args) -> None:
            "construction": ("NQ gold passages (shared lost_in_the_middle data); each prompt = a question's gold passage + "
                             f"{args.passages - 1} other questions' gold passages, shuffled; attack: one passage gets an injected "
                             "instruction (a template sentence inserted at a random sentence boundary); calibration questions "
-                            "questions()[2000:2000+cal] with templates 1-3, test questions questions()[3000:3000+test] (disjoint) "
+                            "questions()[400:400+cal] with templates 1-3, test questions questions()[700:700+test] (disjoint) "
                             "with templates 1-3 and unseen templates 4-6; benign_instr: a passage gets ordinary "
                             "instruction-like text (manuals, recipes, rules)"),
            "injection_templates": INJECTIONS, "benign_instruction_templates": BENIGN_INSTRUCTIONS,
@@ -505,7 +507,7 @@ def kvfix(args) -> None:
             print(f"time budget reached after {qi} questions", flush=True)
             break
         p = pos_list[qi % 3]
-        ctx = contexts(row, questions()[1000:1400] if args.calibration else test_pool(), K, args.seed)
+        ctx = contexts(row, questions()[1000:1300] if args.calibration else test_pool(), K, args.seed)
         c = ctx[:p] + [bench_kv.gold(row)] + ctx[p:]
         pairs = _attnrun._pairs(hits_for(row["question"], c))
         it = {"qi": qi, "gold_pos": p, "answers": row["answers"], "modes": {}}
@@ -554,7 +556,8 @@ def main(argv=None) -> None:
     p.add_argument("--questions", type=int, default=12)
     p.add_argument("--passages", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--group", type=int, default=3, help="consecutive layers searched together")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--act-tau", type=float, default=0.1)
     p.add_argument("--act-beta", type=float, default=0.4)

@@ -75,7 +75,7 @@ class HFGenerator(Generator):
     act_tau: float = param(0.1, gt=0, help="ACT: a column is a sink when its mean attention exceeds tau")
     act_beta: float = param(0.4, ge=0, le=1, help="ACT: sink columns are scaled by beta")
     fim: bool = param(False, help="found-in-the-middle: rescale passages' attention toward calibrated relevance")
-    fim_temperature: float = param(0.01, gt=0, help="found-in-the-middle: t in softmax(relevance / t)")
+    fim_temperature: float = param(0.02, gt=0, help="found-in-the-middle: t in softmax(relevance / t)")
     fim_layers: str = param("auto", help="found-in-the-middle: layers rescaled ('auto' = later half, 'a-b', 'a,b')")
     fim_bias: Literal["dummy", "swap"] = param(
         "dummy", help="positional bias: one prefill with the dummy at every position, or one per position")
