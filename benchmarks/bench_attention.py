@@ -532,6 +532,85 @@ def kvfix(args) -> None:
         out.write_text(json.dumps(res, indent=2))
 
 
+# -- report ------------------------------------------------------------------------------------------
+def report(args) -> None:
+    lines = ["# Attention-level methods: measurements", "",
+             "Written by `python benchmarks/bench_attention.py report` from the JSON files next to it; each section",
+             "names the command that produced its file. SmolLM2-135M-Instruct, float32, CPU, one torch thread per",
+             "process, on the shared 2-core development machine (load averages recorded in each file).", ""]
+
+    def load(name):
+        f = RES / name
+        return json.loads(f.read_text()) if f.exists() else None
+
+    d = load("attention_positions.json")
+    if d:
+        bp = d["by_position"]
+        ms = list(d["em_in_mean"])
+        lines += ["## NQ multi-document QA, gold at positions 1 / 6 / 10 of 10", "",
+                  f"`{d['command']}` -- {d['questions']} questions, each at every position (n per position: "
+                  f"{d['per_position_n']}); load average start {d['machine']['load_avg_start']}, end "
+                  f"{d['machine'].get('load_avg_end')}.", "",
+                  "EM-in (%) | " + " | ".join(f"pos {p}" for p in bp) + " | mean | best-worst gap | better/worse vs base (sign test p)",
+                  "--- | " + " | ".join("---" for _ in bp) + " | --- | --- | ---"]
+        for m in ms:
+            st = d["sign_test_all_vs_base"].get(m)
+            lines.append(f"{m} | " + " | ".join(f"{100 * v['em_in'][m]:.1f}" for v in bp.values())
+                         + f" | {100 * d['em_in_mean'][m]:.1f} | {100 * d['best_worst_gap'][m]:.1f} | "
+                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+        keys = list(next(iter(bp.values()))["gold_rank_mean"])
+        lines += ["", "Gold passage attention rank (mean, 1 = most attended of 10) | " + " | ".join(f"pos {p}" for p in bp),
+                  "--- | " + " | ".join("---" for _ in bp)]
+        for k in keys:
+            lines.append(f"{k} | " + " | ".join(f"{v['gold_rank_mean'][k]:.2f}" for v in bp.values()))
+        keys = list(next(iter(bp.values()))["recall3"])
+        lines += ["", "reranker.attention Recall@3 (gold in top 3 of 10) | " + " | ".join(f"pos {p}" for p in bp),
+                  "--- | " + " | ".join("---" for _ in bp)]
+        for k in keys:
+            lines.append(f"{k} | " + " | ".join(f"{v['recall3'][k]:.2f}" for v in bp.values()))
+        lines += ["", "Prefill time per prompt (median s; everything before the first decoded token, all passes) and "
+                  "ratio to the base generator, same run:", ""]
+        lines += [f"- {m}: {d['median_prefill_s'][m]:.2f} s ({d['prefill_ratio_vs_base'][m]:.2f}x)" for m in ms]
+        lines.append("")
+    a = load("attention_act_heads.json")
+    if a:
+        lines += ["## ACT head search", "", f"`{a['command']}`", "", f"Rule: {a['rule']}", "",
+                  f"Calibration questions: {a['calibration_questions']} ({a['calibration_split']}); base log-prob "
+                  f"{a['base_logprob']:.3f}; gain per layer group (first layer: gain): "
+                  + ", ".join(f"{k}: {v:+.3f}" for k, v in a["gain_by_layer"].items()), "",
+                  f"Searched heads: {a['searched']}; random: {a['random']}", ""]
+    gd = load("attention_guard.json")
+    if gd:
+        t = gd["test"]
+        lines += ["## Attention guard (Attention Tracker)", "", f"`{gd['command']}`", "", gd["construction"], "",
+                  f"Important heads ({gd['head_rule']}): {gd['n_important_heads']}; threshold (best balanced accuracy on "
+                  f"the calibration set): {gd['threshold']:.4f}; calibration AUROC {gd['calibration']['auroc']:.3f}.", "",
+                  f"Held-out: {t['n_attack']} attacked / {t['n_benign']} clean prompts: **AUROC {t['auroc']:.3f}** "
+                  f"(bootstrap 95% CI {t['auroc_ci95'][0]:.3f}-{t['auroc_ci95'][1]:.3f}); seen templates "
+                  f"{t['auroc_seen_templates']:.3f}, unseen templates {t['auroc_unseen_templates']:.3f}; at the threshold "
+                  f"TPR {t['tpr_at_threshold']:.2f}, FPR on clean prompts {t['fpr_clean_at_threshold']:.2f}, FPR on "
+                  f"benign passages with instruction-like text {t['fpr_benign_instruction_at_threshold']:.2f} (95% CI "
+                  f"{t['fpr_benign_instruction_ci95'][0]:.2f}-{t['fpr_benign_instruction_ci95'][1]:.2f}); AUROC attack vs "
+                  f"benign-instruction {t['auroc_attack_vs_benign_instruction']:.3f}.", ""]
+    for name, title in (("attention_kvfix_cal.json", "calibration split (choosing T, S)"),
+                        ("attention_kvfix.json", "test split")):
+        k = load(name)
+        if not k:
+            continue
+        lines += [f"## Passage-KV reuse with parallel-encoding fixes, {title}", "",
+                  f"`{k['command']}` -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
+                  "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", "",
+                  "mode | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)", "--- | --- | --- | --- | ---"]
+        for m, v in k["summary"].items():
+            st = v.get("sign_test_vs_plain")
+            lines.append(f"{m} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | {v['median_prefill_s']:.3f} | "
+                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+        lines.append("")
+    out = RES / "attention.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("wrote", out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -586,6 +665,8 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
     p.set_defaults(fn=kvfix)
+    p = sub.add_parser("report", help="write benchmarks/results/attention.md from the result files")
+    p.set_defaults(fn=report)
     args = ap.parse_args(argv)
     args.fn(args)
 

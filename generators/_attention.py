@@ -290,7 +290,7 @@ class AttentionContext:
     rewriters: list[Any] = field(default_factory=list)
 
     def layer_work(self, layer: int) -> tuple[list[Reader], list[Any], bool]:
-        rd = [r for r in self.readers if r.touches(layer)]
+        rd = [r for r in self.readers if r.touches(layer) and layer not in r.record]   # prefill only
         rw = [w for w in self.rewriters if w.touches(layer)]
         return rd, rw, any(w.needs == "full" for w in rw)
 

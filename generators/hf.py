@@ -16,6 +16,10 @@ titles, the question last); answers carry citations (the doc ids of the passages
 
 Missing store entries are computed and written at query time; ``indexer.kv`` fills the store at
 indexing time. See docs/kv_reuse.md.
+
+Attention-level methods (ACT, found-in-the-middle, attention sorting, the attention guard, the
+parallel-encoding fixes for reuse) are options too; they run through one attention hook
+(``_attention.py``, ``_attnrun.py``), one prompt at a time. See docs/attention.md.
 """
 from __future__ import annotations
 
