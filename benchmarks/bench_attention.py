@@ -532,6 +532,41 @@ def kvfix(args) -> None:
         out.write_text(json.dumps(res, indent=2))
 
 
+# -- overhead ----------------------------------------------------------------------------------------
+def overhead(args) -> None:
+    """Prefill time of one 10-passage prompt under each hook configuration, interleaved, median of reps."""
+    from ragkit.generators import _attnrun
+    from ragkit.generators._attention import ACT, DocMassRescale, Reader
+
+    g = make_gen(fim=True)
+    L, H = g.__dict__["_model"].config.num_hidden_layers, g.__dict__["_model"].config.num_attention_heads
+    row = test_split(1)[0]
+    ctx = contexts(row, test_pool(), args.passages - 1, 0)
+    pairs = _attnrun._pairs(hits_for(row["question"], [bench_kv.gold(row)] + ctx))
+    configs = {
+        "plain generator (no hook context)": lambda: ([], []),
+        "reader: last row, all layers (sorting, guard)": lambda: ([Reader("last")], []),
+        "reader: final-block rows, all layers (FiM relevance, reranker)": lambda: ([Reader("final")], []),
+        "FiM intervention (rows rewritten, layers 15-29)": lambda: ([], [DocMassRescale(range(L // 2, L), [0.0] * len(pairs), 0.02)]),
+        "ACT on 3 layers (full attention materialised)": lambda: ([], [ACT({li: list(range(H)) for li in (0, 1, 2)})]),
+        "ACT on all 30 layers": lambda: ([], [ACT({li: list(range(H)) for li in range(L)})]),
+    }
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(args.reps):
+        for k, mk in configs.items():
+            rd, rw = mk()
+            pf, tt = timed_prefill(g, row["question"], pairs, rd, rw)
+            times[k].append(tt)
+        print({k: round(v[-1], 3) for k, v in times.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["plain generator (no hook context)"]
+    res = {"machine": machine(), "command": " ".join(sys.argv), "prompt_tokens": pf.length, "reps": args.reps,
+           "median_s": med, "ratio": {k: v / base for k, v in med.items()}, "all_s": times}
+    out = Path(args.out or RES / "attention_overhead.json")
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res["ratio"], indent=1))
+
+
 # -- report ------------------------------------------------------------------------------------------
 def report(args) -> None:
     lines = ["# Attention-level methods: measurements", "",
@@ -606,6 +641,13 @@ def report(args) -> None:
             lines.append(f"{m} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | {v['median_prefill_s']:.3f} | "
                          + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
         lines.append("")
+    o = load("attention_overhead.json")
+    if o:
+        lines += ["## Prefill overhead of the hook", "", f"`{o['command']}` -- one prompt of {o['prompt_tokens']} tokens, "
+                  f"configurations interleaved, median of {o['reps']}; load average {o['machine']['load_avg_start']}.", "",
+                  "configuration | median s | ratio", "--- | --- | ---"]
+        lines += [f"{k} | {o['median_s'][k]:.3f} | {o['ratio'][k]:.2f}x" for k in o["median_s"]]
+        lines.append("")
     out = RES / "attention.md"
     out.write_text("\n".join(lines) + "\n")
     print("wrote", out)
@@ -665,6 +707,11 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
     p.set_defaults(fn=kvfix)
+    p = sub.add_parser("overhead", help="prefill time per hook configuration")
+    p.add_argument("--passages", type=int, default=10)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default="")
+    p.set_defaults(fn=overhead)
     p = sub.add_parser("report", help="write benchmarks/results/attention.md from the result files")
     p.set_defaults(fn=report)
     args = ap.parse_args(argv)
