@@ -411,9 +411,15 @@ def guard(args) -> None:
 
     cal_b = focus_mats(guard_set(cal_rows, pool, args.passages, "clean", [], 1))
     cal_a = focus_mats(guard_set(cal_rows, pool, args.passages, "attack", INJECTIONS[:3], 2))
-    heads = _attnrun.select_guard_heads(cal_b, cal_a, args.k)
+    k_used = None
+    for k in dict.fromkeys([args.k, 0.5, 0.0]):      # the paper's rule; a smaller k when no head passes
+        heads = _attnrun.select_guard_heads(cal_b, cal_a, k)
+        if heads:
+            k_used = k
+            break
     if not heads:
-        raise SystemExit("no head passes the selection rule on the calibration set")
+        raise SystemExit("no head passes the selection rule on the calibration set, even with k = 0")
+    args.k = k_used
     from ragkit.generators._attention import parse_heads
     hmap = parse_heads(heads, cal_b.shape[1], cal_b.shape[2])
     idx = [(li, h) for li, hs in hmap.items() for h in hs]
