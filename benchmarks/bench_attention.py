@@ -227,18 +227,14 @@ def positions(args) -> None:
                 ts += t2
                 scores = _attnrun.passage_scores(r2, final_pf.ctx.doc_spans)
                 rounds += 1
-            if args.sort_rounds < 0:
-                pass
-            elif final_pf is pf:
-                it["methods"]["sort"] = {"text": it["methods"]["base"]["text"], "em_in": it["methods"]["base"]["em_in"],
-                                         "rounds": rounds, "gold_final_pos": p}
+            if args.sort_rounds >= 0:
+                if final_pf is pf:            # order already stable: the base answer is the sorted answer
+                    text = it["methods"]["base"]["text"]
+                else:
+                    text, _ = answer(g, final_pf)
+                it["methods"]["sort"] = {"text": text, "em_in": em(text, row["answers"]), "rounds": rounds,
+                                         "gold_final_pos": [h.doc_id for h in cur].index(f"c{p}")}
                 it["prefill_s"]["sort"] = ts
-            else:
-                text, _ = answer(g, final_pf)
-            if args.sort_rounds >= 0 and final_pf is not pf:
-              it["methods"]["sort"] = {"text": text, "em_in": em(text, row["answers"]), "rounds": rounds,
-                                     "gold_final_pos": [h.doc_id for h in cur].index(f"c{p}")}
-              it["prefill_s"]["sort"] = ts
             for name, heads in act_sets.items():
                 pfa, ta = timed_prefill(g, q, pairs, [], [ACT(heads, args.act_tau, args.act_beta)])
                 text, _ = answer(g, pfa)
