@@ -586,8 +586,8 @@ def report(args) -> None:
         ms = list(d["em_in_mean"])
         lines += ["## NQ multi-document QA, gold at positions 1 / 6 / 10 of 10", "",
                   f"`{d['command']}` -- {d['questions']} questions, each at every position (n per position: "
-                  f"{d['per_position_n']}); load average start {d['machine']['load_avg_start']}, end "
-                  f"{d['machine'].get('load_avg_end')}.", "",
+                  f"{d['per_position_n']}); load average (1/5/15 min) when the file was written "
+                  f"{[round(x, 1) for x in d['machine']['load_avg_start']]} on 2 cores.", "",
                   "EM-in (%) | " + " | ".join(f"pos {p}" for p in bp) + " | mean | best-worst gap | better/worse vs base (sign test p)",
                   "--- | " + " | ".join("---" for _ in bp) + " | --- | --- | ---"]
         for m in ms:
