@@ -16,6 +16,10 @@ titles, the question last); answers carry citations (the doc ids of the passages
 
 Missing store entries are computed and written at query time; ``indexer.kv`` fills the store at
 indexing time. See docs/kv_reuse.md.
+
+Attention-level methods (ACT, found-in-the-middle, attention sorting, the attention guard, the
+parallel-encoding fixes for reuse) are options too; they run through one attention hook
+(``_attention.py``, ``_attnrun.py``), one prompt at a time. See docs/attention.md.
 """
 from __future__ import annotations
 
@@ -70,8 +74,32 @@ class HFGenerator(Generator):
     cache_glue: bool = param(True, help="reuse: cache the passage-number tokens '[i]' as blocks too "
                                         "(false: compute them with full attention at query time)")
     stream: bool = param(False, help="print answer tokens to stdout as they are generated")
+    # attention-level methods (generators/_attention.py, _attnrun.py; docs/attention.md)
+    act_heads: list[str] = param([], help="ACT attention calibration on these heads ('layer:head', 'layer:*', '*'; "
+                                          "empty = off)")
+    act_tau: float = param(0.1, gt=0, help="ACT: a column is a sink when its mean attention exceeds tau")
+    act_beta: float = param(0.4, ge=0, le=1, help="ACT: sink columns are scaled by beta")
+    fim: bool = param(False, help="found-in-the-middle: rescale passages' attention toward calibrated relevance")
+    fim_temperature: float = param(0.02, gt=0, help="found-in-the-middle: t in softmax(relevance / t)")
+    fim_layers: str = param("auto", help="found-in-the-middle: layers rescaled ('auto' = later half, 'a-b', 'a,b')")
+    fim_bias: Literal["dummy", "swap"] = param(
+        "dummy", help="positional bias: one prefill with the dummy at every position, or one per position")
+    fim_dummy: str = param("", help="found-in-the-middle: content-free dummy passage text (empty = 'N/A')")
+    attention_sort_rounds: int = param(0, ge=0, help="attention sorting: at most this many rounds (0 = off)")
+    guard: Literal["off", "flag", "drop"] = param("off", help="attention guard against prompt injection")
+    guard_heads: list[str] = param([], help="attention guard: important heads ('layer:head', '*')")
+    guard_threshold: float = param(0.5, ge=0, help="attention guard: flag when the focus score is below this")
+    guard_max_drops: int = param(1, ge=0, help="attention guard, drop mode: drop at most this many passages")
+    kv_temperature: float = param(1.0, gt=0, help="kv_reuse: APE temperature on the parallel blocks' logits")
+    kv_scale: float = param(1.0, gt=0, help="kv_reuse: APE scale on the parallel blocks' attention weights")
+    kv_top_blocks: int = param(0, ge=0, help="kv_reuse: selective attention to the top-k passage blocks (0 = off)")
+    kv_fix_layers: str = param("all", help="kv_reuse fixes: layers ('all', 'auto' = later half, 'a-b', 'a,b')")
 
     _callback = None    # set_stream_callback(); kept across setup()
+    _act_heads = None   # parsed attention-method heads (generators/_attnrun.setup); None = no method
+    _guard_heads = None
+    _fim_layers = None
+    _kv_layers = None
 
 
 
@@ -86,6 +114,9 @@ class HFGenerator(Generator):
         if self.kv_reuse == "plain" and self.recompute_ratio not in (0.0, 0.15):
             raise ConfigError(f"'{self.key}': parameter 'recompute_ratio' is {self.recompute_ratio} but "
                               "kv_reuse is 'plain' (r = 0); use kv_reuse: blend to recompute tokens.")
+        from . import _attnrun
+
+        _attnrun.validate(self)
 
     # -- setup -----------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -110,6 +141,10 @@ class HFGenerator(Generator):
         self._eos = sorted(set(eos))
         self._model_lock = threading.Lock()
         self._engine = self._make_engine() if self.kv_reuse != "none" else None
+        from . import _attnrun
+
+        if _attnrun.wants_attention(self):
+            _attnrun.setup(self)
 
     def _make_engine(self) -> Any:
         from ragkit.kv import open_engine
@@ -153,6 +188,10 @@ class HFGenerator(Generator):
             if not isinstance(r, Ranking):
                 raise StageInputError(f"'{self.key}' takes rankings, got {type(r).__name__}")
         out: list[Answer] = []
+        if self._act_heads is not None:     # attention methods: one prompt at a time
+            from . import _attnrun
+
+            return [_attnrun.run_one(self, r) for r in batch]
         if self.kv_reuse == "none":
             for i in range(0, len(batch), self.batch_size):
                 out += self._run_full(batch[i: i + self.batch_size])

@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "ragkit.rerankers.monot5",
     "ragkit.rerankers.duot5",
     "ragkit.rerankers.llm",
+    "ragkit.rerankers.attention",
     "ragkit.generators.extractive",
     "ragkit.generators.hf",
     "ragkit.generators.langchain",

@@ -140,6 +140,8 @@ EXAMPLES.update({
                                    rankings()),
     "reranker.llm": lambda tmp: (_stage("ragkit.rerankers.llm", "LLMReranker", model=tiny("lm", tmp), top_n=3,
                                         yes_token="one", no_token="two"), rankings()),
+    "reranker.attention": lambda tmp: (_stage("ragkit.rerankers.attention", "AttentionReranker", model=tiny("lm", tmp),
+                                              top_n=3, device="cpu"), rankings()),
     "generator.hf": lambda tmp: (_stage("ragkit.generators.hf", "HFGenerator", model=tiny("lm", tmp), max_new_tokens=4,
                                         device="cpu"), rankings()),
     "indexer.kv": lambda tmp: (_stage("ragkit.indexers.kv", "KVIndexer", model=tiny("lm", tmp), store=str(tmp / "kv"),
