@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ragkit._hfcompat import cache_kw, output_cache
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -64,9 +66,9 @@ def test_hook_without_method_is_bit_identical(tiny):
             assert torch.equal(a.logits, c.logits)
         # decode step too
         nxt = torch.tensor([[33]])
-        da = ref(nxt, past_key_values=a.past_key_values, use_cache=True)
+        da = ref(nxt, **cache_kw(output_cache(a)), use_cache=True)
         with active(AttentionContext(8, readers=[Reader("last")])):
-            db = hooked(nxt, past_key_values=b.past_key_values, use_cache=True)
+            db = hooked(nxt, **cache_kw(output_cache(b)), use_cache=True)
         assert torch.equal(da.logits, db.logits)
 
 
@@ -114,7 +116,7 @@ def test_eager_rewrite_path_matches_kernel(tiny):
         install_hook(m)
         with active(AttentionContext(10, rewriters=[_Identity()])):
             out = m(x, use_cache=True)
-            step = m(torch.tensor([[33]]), past_key_values=out.past_key_values, use_cache=True)
+            step = m(torch.tensor([[33]]), **cache_kw(output_cache(out)), use_cache=True)
         ref_step = load(tiny)(torch.tensor([IDS + [33]])).logits[:, -1]
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(step.logits[:, -1], ref_step, atol=1e-4, rtol=1e-4)
@@ -146,13 +148,15 @@ def test_family_and_config_refusals(tmp_path, tiny):
 
 def test_yaml_round_trip_and_stages_listing(tiny, capsys):
     from ragkit.cli import main
+    from ragkit.retrievers.bm25 import BM25Retriever
 
     g = HFGenerator(model=str(tiny), act_heads=["1:*"], act_beta=0.3, fim=True, fim_temperature=0.05, fim_layers="1-2",
                     attention_sort_rounds=2, guard="drop", guard_heads=["0:1"], guard_threshold=0.2)
-    p = Pipeline([g])
+    retr = BM25Retriever(index="idx", k=5, text=True)   # a file's pipeline must start from queries
+    p = Pipeline([retr, g])
     assert Pipeline.from_yaml(p.to_yaml()) == p
     g2 = HFGenerator(model=str(tiny), kv_reuse="plain", kv_temperature=0.6, kv_scale=0.9, kv_top_blocks=2)
-    assert Pipeline.from_yaml(Pipeline([g2]).to_yaml()) == Pipeline([g2])
+    assert Pipeline.from_yaml(Pipeline([retr, g2]).to_yaml()) == Pipeline([retr, g2])
     assert main(["stages", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     names = {p["name"] for p in data["generator.hf"]["params"]}
@@ -250,7 +254,7 @@ def test_parallel_fix_temperature_scale_and_selection():
 # -- methods end to end on the tiny model ------------------------------------------------------------
 def test_instruction_positions_from_offsets(tiny):
     g = HFGenerator(model=str(tiny), device="cpu", guard="flag", guard_heads=["*"]).setup()
-    from ragkit.generators._prompt import build_segments
+    from ragkit.kv.prompt import build_segments
 
     d = g.__dict__
     r = ranking()
@@ -325,7 +329,7 @@ def test_attention_reranker(tiny):
 # -- SmolLM2 -----------------------------------------------------------------------------------------
 @pytest.mark.model
 def test_smollm2_hook_bit_identical_and_reader():
-    from ragkit.generators._model import load_causal_lm
+    from ragkit.models import load_causal_lm
 
     try:
         tok, ref, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
