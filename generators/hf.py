@@ -69,6 +69,9 @@ class HFGenerator(Generator):
     cache_glue: bool = param(True, help="reuse: cache the passage-number tokens '[i]' as blocks too "
                                         "(false: compute them with full attention at query time)")
     stream: bool = param(False, help="print answer tokens to stdout as they are generated")
+    graph_context: bool = param(True, help="show the entities/relations/paths graph retrievers put on the hits "
+                                           "(between the passages and the question)")
+    max_graph_context_tokens: int = param(1024, ge=0, help="token budget of the graph context (0 = no limit)")
 
 
 
@@ -175,7 +178,30 @@ class HFGenerator(Generator):
         d = self.__dict__
         return build_segments(d["_tok"], d["_template"], r.query.text,
                               [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
-                              self.max_passage_tokens, prefix=d["_prefix"])
+                              self.max_passage_tokens, prefix=d["_prefix"], context=self.graph_context_text(hits))
+
+    def graph_context_text(self, hits: list[Any]) -> str:
+        """The rendered graph context of ``hits`` (empty when they carry none or graph_context is off)."""
+        if not self.graph_context:
+            return ""
+        from ragkit.retrievers._graph import contexts_of, render_graph_context
+
+        ctxs = contexts_of(hits)
+        if not ctxs:
+            return ""
+        tok = self.__dict__["_tok"]
+        count = (lambda t: len(tok(t, add_special_tokens=False)["input_ids"])) if tok is not None else None
+        budget = self.max_graph_context_tokens
+        parts = []
+        for c in ctxs:
+            text = render_graph_context(c, budget, count) if count else render_graph_context(c)
+            if text:
+                parts.append(text)
+                if budget:
+                    budget = max(budget - count(text), 0)
+                    if budget == 0:
+                        break
+        return "\n".join(parts)
 
     def _run_full(self, batch: list[Ranking]) -> list[Answer]:
         import torch
