@@ -87,6 +87,7 @@ class PPRGraph:
                             self.n_synonyms += 1
         W = sparse.csr_matrix((vals, (rows, cols)), shape=(self.n, self.n), dtype=np.float64)
         W.sum_duplicates()
+        self.W = W
         deg = np.asarray(W.sum(axis=1)).ravel()
         self.dangling = deg == 0
         inv = np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0)
