@@ -11,6 +11,11 @@ The graph is an undirected ``networkx.Graph`` (LightRAG's relations are undirect
 - edge attributes ``keywords`` (list of str), ``description`` (str), ``weight`` (float, summed
   over mentions), ``source_ids`` (list of chunk ids).
 
+``indexer.graph`` also sets ``descriptions`` (list of str: the de-duplicated description fragments,
+in chunk order, that ``description`` joins with new lines or, past the summary thresholds, is an
+LLM summary of) on nodes and edges; ``source_ids`` are in chunk insertion order. Relation
+endpoints that no entity record names get ``entity_type`` ``"UNKNOWN"`` (as in LightRAG).
+
 Three vector tables sit beside it, each built by one encoder (the index's): entities
 ("name + description"), relations ("keywords + source + target + description") and chunks.
 Vectors are L2-normalised, so inner product is cosine similarity.
@@ -66,6 +71,7 @@ class GraphIndex:
     relations: VectorTable          # keys are (node_key_a, node_key_b) with a <= b
     chunks: VectorTable
     params: dict[str, Any] = field(default_factory=dict)   # the index's params.json (extractor, encoder, ...)
+    chunk_titles: dict[str, str] = field(default_factory=dict)   # chunk_id -> title, where the chunk had one
 
     def search_entities(self, qvecs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         return self.entities.search(qvecs, k)

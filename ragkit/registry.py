@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "ragkit.indexers.dense",
     "ragkit.indexers.mha",
     "ragkit.indexers.kv",
+    "ragkit.indexers.graph",
     "ragkit.retrievers.bm25",
     "ragkit.retrievers.dense",
     "ragkit.retrievers.mha",

@@ -115,6 +115,8 @@ EXAMPLES.update({
                                   chunks()),
     "retriever.dense": lambda tmp: (_stage("ragkit.retrievers.dense", "DenseRetriever", index=_dense_index(tmp), k=3,
                                            text=True), QUERIES),
+    "indexer.graph": lambda tmp: (_stage("ragkit.indexers.graph", "GraphIndexer", path=str(tmp / "g"), model="hash"),
+                                  chunks()),
     "indexer.mha": lambda tmp: (_stage("ragkit.indexers.mha", "MHAIndexer", path=str(tmp / "m"),
                                        model=tiny("bert-encoder", tmp), sample=4), chunks()),
     "retriever.mha": lambda tmp: (_stage("ragkit.retrievers.mha", "MHARetriever", index=_mha_index(tmp), k=3,
