@@ -46,27 +46,25 @@ def register_graph_index(name: str, index: Any) -> None:
 
 
 def load_index(stage: Any) -> Any:
-    """The GraphIndex a retriever stage names in ``index``; checks ``model``/``extractor`` if given."""
+    """The GraphIndex a retriever stage names in ``index``; ``model`` (the encoder) and ``extractor``,
+    when given, must be what the index was built with (else IndexArtifactError)."""
     gi = _REGISTERED.get(stage.index)
+    want_model = getattr(stage, "model", "")
     if gi is None:
-        folder = resolve_path(stage.index, stage.__dict__.get("_base_dir"))
+        folder: Any = resolve_path(stage.index, stage.__dict__.get("_base_dir"))
         try:
             from ragkit.indexers.graph import load_graph_index
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise MissingDependencyError(f"'{stage.key}': loading a graph index needs ragkit.indexers.graph "
                                          f"({exc}); install ragkit[graph].") from exc
-        gi = load_graph_index(folder)
+        gi = load_graph_index(folder, model=want_model, base_dir=stage.__dict__.get("_base_dir"))
+        want_model = ""            # checked by load_graph_index (resolved model ids)
     else:
         folder = f"<registered graph index {stage.index!r}>"
     p = gi.params or {}
-    for name, stored_keys in (("model", ("model", "encoder", "model_id")), ("extractor", ("extractor",))):
-        want = getattr(stage, name, "")
-        if not want:
-            continue
-        stored = next((p[k] for k in stored_keys if k in p), None)
-        if isinstance(stored, dict):
-            stored = stored.get("name") or stored.get("kind") or stored.get("model")
-        if stored is not None and str(stored) != want:
+    for name, want in (("model", want_model), ("extractor", getattr(stage, "extractor", ""))):
+        stored = p.get(name)
+        if want and stored is not None and str(stored) != want:
             raise IndexArtifactError(f"{folder}: the graph index was built with {name} {stored!r}, the retriever "
                                      f"'{stage.key}' asks for {want!r}. Rebuild the index with {name} {want!r} or "
                                      f"drop '{name}' from the retriever.")
@@ -382,6 +380,9 @@ def make_ranking(gi: Any, q: Query, scored: list[tuple[str, float, dict[str, Any
     for cid, score, why in scored[:k]:
         doc = gi.chunk_docs.get(cid, cid)
         meta = {"graph_context": ctx, "graph": why}
+        title = getattr(gi, "chunk_titles", {}).get(cid)
+        if title:
+            meta["title"] = title
         hits.append(Hit(q.qid, doc, float(score), 0, gi.chunk_texts.get(cid) if with_text else None, cid, meta))
     return Ranking(q, tuple(hits))
 

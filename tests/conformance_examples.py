@@ -146,20 +146,19 @@ def _fusion(name: str, tmp: Path):
                                             BM25Retriever(index=idx, k=2, text=True)], k=3)
 
 
-def _graph(cls: str, module: str, **kw):
-    """A graph retriever over the hand-made fixture graph (registered in memory; see tests/_graph_fixture.py)."""
-    from ragkit.retrievers._graph import register_graph_index
+def _graph(cls: str, module: str, tmp: Path, **kw):
+    """A graph retriever over an indexer.graph folder (spaCy extractor, hash encoder) of DOCS."""
+    from ragkit.indexers.graph import GraphIndexer
 
-    from ._graph_fixture import make_graph_index
+    path = tmp / "graph"
+    if not path.exists():
+        GraphIndexer(path=str(path), model="hash")(chunks())
+    return _stage(module, cls, index=str(path), k=3, text=True, keywords="simple", **kw)
 
-    register_graph_index("conformance-graph", make_graph_index())
-    return _stage(module, cls, index="conformance-graph", k=3, text=True, keywords="simple", **kw)
 
-
-GRAPH_QUERIES = [Query("q1", "Where was Alice Smith born?"), Query("q2", "Which company does Bob Jones work for?")]
 EXAMPLES.update({
-    "retriever.lightrag": lambda tmp: (_graph("LightRAGRetriever", "ragkit.retrievers.lightrag", mode="hybrid"),
-                                       GRAPH_QUERIES),
-    "retriever.pathrag": lambda tmp: (_graph("PathRAGRetriever", "ragkit.retrievers.pathrag"), GRAPH_QUERIES),
-    "retriever.ppr": lambda tmp: (_graph("PPRRetriever", "ragkit.retrievers.ppr"), GRAPH_QUERIES),
+    "retriever.lightrag": lambda tmp: (_graph("LightRAGRetriever", "ragkit.retrievers.lightrag", tmp, mode="hybrid"),
+                                       QUERIES),
+    "retriever.pathrag": lambda tmp: (_graph("PathRAGRetriever", "ragkit.retrievers.pathrag", tmp), QUERIES),
+    "retriever.ppr": lambda tmp: (_graph("PPRRetriever", "ragkit.retrievers.ppr", tmp), QUERIES),
 })

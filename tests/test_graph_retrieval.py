@@ -254,3 +254,32 @@ def test_generator_prompt_renders_graph_context(gi):
     assert "Knowledge graph:" in text and text.index(paths[-1]["text"]) < text.index("Question: Which country?")
     assert text.index("[1]") < text.index("Knowledge graph:")
     assert HFGenerator(graph_context=False).graph_context_text(list(rk.hits)) == ""
+
+
+@pytest.fixture(scope="module")
+def spacy_index(tmp_path_factory):
+    pytest.importorskip("spacy")
+    from ragkit.indexers.graph import GraphIndexer
+    from ragkit.records import Chunk
+
+    from ._graph_fixture import CHUNKS
+
+    path = tmp_path_factory.mktemp("gidx") / "graph"
+    GraphIndexer(path=str(path), model="hash")([Chunk(c, d, t, 0, len(t)) for c, (d, t) in CHUNKS.items()])
+    return str(path)
+
+
+@pytest.mark.parametrize("make", [lambda p: LightRAGRetriever(index=p, mode="local", k=3),
+                                  lambda p: PathRAGRetriever(index=p, k=3),
+                                  lambda p: PPRRetriever(index=p, k=3)], ids=["lightrag", "pathrag", "ppr"])
+def test_real_spacy_index_end_to_end(spacy_index, make):
+    rk = make(spacy_index).setup()([Query("q", "Where was Alice Smith born?")])[0]
+    assert "a#0" in [h.chunk_id for h in rk.hits] and all(h.doc_id for h in rk.hits)
+    assert rk.hits[0].meta["graph_context"]["keywords"]["source"] in ("spacy", "simple")
+
+
+def test_real_index_encoder_or_extractor_mismatch(spacy_index):
+    with pytest.raises(IndexArtifactError, match="hash|encoder"):
+        LightRAGRetriever(index=spacy_index, model="minilm").setup()
+    with pytest.raises(IndexArtifactError, match="extractor"):
+        PathRAGRetriever(index=spacy_index, extractor="llm").setup()
