@@ -84,12 +84,11 @@ def make_counter(tokenizer: str, base_dir: Any = None) -> Callable[[str], int]:
     """``""`` or ``"regex"``: :func:`regex_tokens`; else a Hugging Face tokenizer (short name or path)."""
     if tokenizer in ("", "regex"):
         return regex_tokens
-    from ragkit.models import resolve_model
-
-    res = resolve_model(tokenizer, base_dir=base_dir)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(res.path) if getattr(res, "path", None) else tokenizer)
+    from ragkit.generators._model import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(tokenizer, base_dir).path)
     return lambda text: len(tok(text or "", add_special_tokens=False)["input_ids"])
 
 
