@@ -5,7 +5,7 @@ Language Models" (HippoRAG 2), 2025):
 
 - **Graph.** One node per entity and one per chunk (passage). Entity--entity edges are the index's
   relations (weight = relation weight); every entity is linked to the chunks it came from
-  ("context" edges, weight 1); entities whose vectors have cosine >= ``synonym_threshold`` are
+  ("context" edges, weight 1) and, with ``title_links``, to the chunks whose title names it; entities whose vectors have cosine >= ``synonym_threshold`` are
   linked by synonymy edges (weight = cosine, at most ``synonym_neighbors`` per entity). Built once
   per loaded index.
 - **Seeds.** (a) *Facts*: the query vector searches the relation table; each of the ``link_top_k``
@@ -42,7 +42,7 @@ _GLOCK = threading.Lock()
 class PPRGraph:
     """The sparse transition matrix of the entity + passage graph of one GraphIndex."""
 
-    def __init__(self, gi: Any, synonym_threshold: float, synonym_neighbors: int) -> None:
+    def __init__(self, gi: Any, synonym_threshold: float, synonym_neighbors: int, title_links: bool = True) -> None:
         from scipy import sparse
 
         ents = list(gi.entities.keys) if len(gi.entities.keys) else sorted(gi.graph.nodes)
@@ -71,6 +71,17 @@ class PPRGraph:
             self.n_chunks_of[eidx[n]] = len(src)
             for c in src:
                 add(eidx[n], cidx[c], 1.0)
+        self.n_title_links = 0
+        if title_links:   # a passage's title names the entity it is about (Wikipedia-style corpora)
+            from ragkit.indexers._graph_store import normalize_name
+
+            linked = {(r, c) for r, c in zip(rows, cols)}
+            for cid, title in (getattr(gi, "chunk_titles", None) or {}).items():
+                e = eidx.get(normalize_name(title))
+                if e is not None and cid in cidx and (e, cidx[cid]) not in linked:
+                    add(e, cidx[cid], 1.0)
+                    self.n_chunks_of[e] += 1
+                    self.n_title_links += 1
         self.n_synonyms = 0
         V = np.asarray(gi.entities.vectors, dtype=np.float32)
         if synonym_neighbors > 0 and len(ents) > 1 and V.shape[0] == len(ents):
@@ -120,6 +131,7 @@ class PPRRetriever(GraphRetrieverBase):
     cosine_threshold: float = param(0.2, ge=-1, le=1, help="lowest cosine similarity of a seeding match")
     synonym_threshold: float = param(0.8, ge=-1, le=1, help="cosine above which entities get a synonymy edge")
     synonym_neighbors: int = param(10, ge=0, help="most synonymy edges per entity (0 = none)")
+    title_links: bool = param(True, help="link each passage to the entity its title names (if that entity exists)")
     context_entities: int = param(10, ge=0, help="top PPR entities listed in the graph context")
     keywords: Literal["auto", "llm", "spacy", "simple"] = param(
         "auto", help="query keyword extraction (auto: llm if set, else spacy if installed, else simple)")
@@ -131,11 +143,11 @@ class PPRRetriever(GraphRetrieverBase):
     def _setup(self) -> None:
         super()._setup()
         gi = self.__dict__["_gi"]
-        key = (id(gi), self.synonym_threshold, self.synonym_neighbors)
+        key = (id(gi), self.synonym_threshold, self.synonym_neighbors, self.title_links)
         with _GLOCK:
             pg = _GRAPHS.get(key)
             if pg is None or pg[0] is not gi:
-                pg = (gi, PPRGraph(gi, self.synonym_threshold, self.synonym_neighbors))
+                pg = (gi, PPRGraph(gi, self.synonym_threshold, self.synonym_neighbors, self.title_links))
                 _GRAPHS[key] = pg
         self.__dict__["_pg"] = pg[1]
 
