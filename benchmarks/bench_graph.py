@@ -6,7 +6,8 @@ Datasets: HotpotQA-100 (distractor) and 2WikiMultihopQA-100 from ../shared/data,
 1,000 per set), a question's relevant documents are its supporting-fact titles.
 
 Indexes (built once under ``--work``, reused when present): ``indexer.bm25``, ``indexer.dense``
-(minilm, flat) and ``indexer.graph`` (spaCy extractor, minilm vectors).
+(minilm, flat) and ``indexer.graph`` (spaCy extractor, minilm vectors; named entities only unless
+``--noun-chunks``).
 
 Retrievers: BM25, dense MiniLM, ``retriever.lightrag`` in each mode, ``retriever.pathrag`` and
 ``retriever.ppr`` (plus the PPR variants named in ``--ppr-variants``), all with their defaults
@@ -53,7 +54,7 @@ def load_avg() -> str:
         return "n/a"
 
 
-def build_indexes(ds, work: Path, log) -> dict[str, str]:
+def build_indexes(ds, work: Path, log, noun_chunks: bool) -> dict[str, str]:
     from ragkit.indexers.bm25 import BM25Indexer
     from ragkit.indexers.dense import DenseIndexer
     from ragkit.indexers.graph import GraphIndexer
@@ -64,8 +65,8 @@ def build_indexes(ds, work: Path, log) -> dict[str, str]:
     stats = {}
     for name, make in (("bm25", lambda p: BM25Indexer(path=p)),
                        ("dense", lambda p: DenseIndexer(path=p, model="minilm")),
-                       ("graph", lambda p: GraphIndexer(path=p, model="minilm"))):
-        p = work / f"{ds.name}-{name}"
+                       ("graph", lambda p: GraphIndexer(path=p, model="minilm", noun_chunks=noun_chunks))):
+        p = work / f"{ds.name}-{name}" if name != "graph" else work / f"{ds.name}-graph-nc{int(noun_chunks)}"
         paths[name] = str(p)
         if (p / "params.json").exists():
             continue
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ppr-variants", nargs="*", default=[],
                     help="extra PPR settings, e.g. ppr-d0.85:damping=0.85 ppr-facts:seed=facts")
     ap.add_argument("--generate", type=int, default=0, help="answer the first N questions with SmolLM2")
+    ap.add_argument("--noun-chunks", action="store_true",
+                    help="spaCy extractor: noun chunks are entities too (the indexer's default; off here: "
+                         "named entities only, a graph a fraction of the size to embed on 2 CPU cores)")
     ap.add_argument("--out", default="graph", help="results file stem under benchmarks/results/")
     args = ap.parse_args(argv)
 
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         ds = load_dataset(name)
         log(f"{name}: {len(ds.corpus)} paragraphs, {len(ds.queries)} questions")
-        paths = build_indexes(ds, work, log)
+        paths = build_indexes(ds, work, log, args.noun_chunks)
         gp = json.loads((Path(paths["graph"]) / "params.json").read_text())
         rets = retrievers(paths, args.ppr_variants)
         if args.only:
