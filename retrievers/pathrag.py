@@ -91,6 +91,30 @@ def flow_reliability(paths: list[tuple[str, ...]], alpha: float, theta: float) -
     return out
 
 
+def pair_paths(g: Any, s: str, t: str, max_hops: int, alpha: float, theta: float
+               ) -> list[tuple[tuple[str, ...], float]]:
+    """``flow_reliability(paths_between(g, s, t, max_hops), alpha, theta)`` without enumerating paths
+    that pruning would drop: the first hop gives each successor ``alpha / |N(s)|``, so when that is
+    below ``theta`` only the direct edge can survive, and only ``|N(s)|`` (the neighbours of ``s``
+    that reach ``t`` within ``max_hops``) is needed -- hub entities stay cheap."""
+    if s == t:
+        return []
+    ns, nt = g.adj[s], g.adj[t]
+    succ = 0
+    for x in ns:
+        if x == t:
+            succ += 1
+        elif max_hops >= 2 and x in nt:
+            succ += 1
+        elif max_hops >= 3 and not set(g.adj[x]).isdisjoint(set(nt) - {s, t, x}):
+            succ += 1
+    if succ == 0:
+        return []
+    if alpha / succ < theta:   # every first-hop node is pruned: only s -> t can remain
+        return [((s, t), alpha / succ)] if t in ns else []
+    return flow_reliability(paths_between(g, s, t, max_hops), alpha, theta)
+
+
 def path_text(gi: Any, path: tuple[str, ...]) -> str:
     g = gi.graph
 
@@ -152,7 +176,7 @@ class PathRAGRetriever(GraphRetrieverBase):
         scored_paths: dict[tuple[str, ...], float] = {}
         for i, s in enumerate(nodes):
             for t in nodes[i + 1:]:
-                for p, rel in flow_reliability(paths_between(g, s, t, self.max_hops), self.alpha, self.theta):
+                for p, rel in pair_paths(g, s, t, self.max_hops, self.alpha, self.theta):
                     key = p if p[0] <= p[-1] else p[::-1]
                     if rel > scored_paths.get(key, -1.0):
                         scored_paths[key] = rel

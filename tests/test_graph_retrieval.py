@@ -283,3 +283,20 @@ def test_real_index_encoder_or_extractor_mismatch(spacy_index):
         LightRAGRetriever(index=spacy_index, model="minilm").setup()
     with pytest.raises(IndexArtifactError, match="extractor"):
         PathRAGRetriever(index=spacy_index, extractor="llm").setup()
+
+
+def test_pair_paths_equals_full_enumeration_then_pruning():
+    import networkx as nx
+
+    from ragkit.retrievers.pathrag import pair_paths
+
+    g = nx.gnm_random_graph(40, 120, seed=3)
+    g = nx.relabel_nodes(g, {i: f"n{i:02d}" for i in g.nodes})
+    nodes = sorted(g.nodes)
+    for alpha, theta in ((0.8, 0.3), (0.8, 0.1), (0.9, 0.45)):
+        for s in nodes[:8]:
+            for t in nodes[8:16]:
+                full = flow_reliability(paths_between(g, s, t, 3), alpha, theta)
+                fast = pair_paths(g, s, t, 3, alpha, theta)
+                assert [p for p, _ in fast] == [p for p, _ in full]
+                assert [r for _, r in fast] == pytest.approx([r for _, r in full])
