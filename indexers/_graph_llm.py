@@ -211,7 +211,7 @@ class LLMExtractor:
                 raise StageInputError(f"'indexer.graph': the extraction LLM ({self.chat.identity}) failed on chunk "
                                       f"{chunk_ref!r}: {type(exc).__name__}: {exc}. Replies obtained so far are "
                                       "cached; the previous index (if any) is untouched.") from exc
-            ex.absorb(part)
+            ex.extend(part)
         return ex, raws
 
     def summarize(self, kind: str, name: str, descriptions: list[str], max_words: int) -> str:

@@ -108,29 +108,38 @@ class Extraction:
         tgt = self.dropped if table == "dropped" else self.repaired
         tgt[reason] = tgt.get(reason, 0) + n
 
-    def absorb(self, other: "Extraction") -> None:
-        """LightRAG's gleaning merge: a gleaned entity/relation replaces the first pass's when its
-        description is longer; new names are added."""
-        ents = {e["name"].casefold(): i for i, e in enumerate(self.entities)}
-        for e in other.entities:
-            i = ents.get(e["name"].casefold())
-            if i is None:
-                ents[e["name"].casefold()] = len(self.entities)
-                self.entities.append(e)
-            elif len(e["description"]) > len(self.entities[i]["description"]):
-                self.entities[i] = e
-        rels = {_pair(r): i for i, r in enumerate(self.relations)}
-        for r in other.relations:
-            i = rels.get(_pair(r))
-            if i is None:
-                rels[_pair(r)] = len(self.relations)
-                self.relations.append(r)
-            elif len(r["description"]) > len(self.relations[i]["description"]):
-                self.relations[i] = r
+    def extend(self, other: "Extraction") -> None:
+        """Append another window's records and counts."""
+        self.entities += other.entities
+        self.relations += other.relations
+        self._add_counts(other)
+
+    def _add_counts(self, other: "Extraction") -> None:
         for k, v in other.dropped.items():
             self.count("dropped", k, v)
         for k, v in other.repaired.items():
             self.count("repaired", k, v)
+
+    def absorb(self, other: "Extraction") -> None:
+        """LightRAG's gleaning merge: the gleaned records of a name replace the first pass's when the
+        (first) gleaned description is longer; names the first pass missed are added."""
+        self.entities = _glean(self.entities, other.entities, lambda e: e["name"].casefold())
+        self.relations = _glean(self.relations, other.relations, _pair)
+        self._add_counts(other)
+
+
+def _glean(first: list[dict], gleaned: list[dict], key: Any) -> list[dict]:
+    groups: dict[Any, list[dict]] = {}
+    for r in first:
+        groups.setdefault(key(r), []).append(r)
+    new: dict[Any, list[dict]] = {}
+    for r in gleaned:
+        new.setdefault(key(r), []).append(r)
+    for k, recs in new.items():
+        old = groups.get(k)
+        if old is None or len(recs[0]["description"]) > len(old[0]["description"]):
+            groups[k] = recs
+    return [r for recs in groups.values() for r in recs]
 
 
 def _pair(r: dict[str, Any]) -> tuple[str, str]:

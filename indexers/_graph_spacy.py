@@ -98,11 +98,17 @@ def _doc_extraction(doc: Any, ex: Extraction, max_sentence_entities: int, noun_c
                 mentions.append((nc.start, nc.end, name, "concept"))
     mentions.sort(key=lambda m: (m[0], m[1]))
     seen_desc: set[tuple[str, str]] = set()
+    pos = 0
     for sent in doc.sents:
+        while pos < len(mentions) and mentions[pos][0] < sent.start:
+            pos += 1
+        end = pos
+        while end < len(mentions) and mentions[end][0] < sent.end:
+            end += 1
+        inside, pos = mentions[pos:end], end
         stext = clean_text(sent.text)
         if not stext:
             continue
-        inside = [m for m in mentions if sent.start <= m[0] < sent.end]
         keys: list[str] = []
         for _, _, name, label in inside:
             k = name.casefold()

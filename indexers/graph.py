@@ -46,7 +46,7 @@ from ragkit.registry import register
 from ragkit.stage import CHUNKS, Stage, param
 
 from ._graph_records import DEFAULT_ENTITY_TYPES, Extraction
-from ._graph_store import GraphIndex, VectorTable
+from ._graph_store import FastVectorTable, GraphIndex, VectorTable
 
 KEY = "indexer.graph"
 FORMAT = 1
@@ -333,7 +333,7 @@ class GraphIndexer(Stage):
                  "dropped_total": sum(dropped.values()),
                  "entity_records": sum(len(e.entities) for e in state.extractions.values()),
                  "relation_records": sum(len(e.relations) for e in state.extractions.values()), **stats}
-        llm = self.llm() if self.extractor == "llm" else None
+        llm = self.llm() if self.uses_llm() else None
         params = {"stage": KEY, "format": FORMAT, "extractor": self.extractor,
                   "extractor_id": self.extractor_identity(), "model": self.model, "model_id": enc.model_id,
                   "dim": enc.dim, "normalize": True, "summarize": self.summarize, "gleaning": self.gleaning,
@@ -343,9 +343,7 @@ class GraphIndexer(Stage):
                   "content_hash": content_hash((c, state.chunks[c][0], state.chunks[c][1]) for c in cids),
                   "stats": stats}
         with atomic_folder(folder) as tmp:
-            data = nx.node_link_data(g, edges="edges")
-            (tmp / "graph.json").write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-                                            encoding="utf-8")
+            (tmp / "graph.json").write_bytes(_dump_graph(g))
             with open(tmp / "extractions.jsonl", "w", encoding="utf-8") as f:
                 for c in cids:
                     f.write(json.dumps({"id": c, **state.extractions[c].to_json()}, ensure_ascii=False) + "\n")
@@ -389,15 +387,42 @@ class LoadedState:
         self.params, self.state, self.vectors, self.titles = params, state, vectors, titles
 
 
+def _lean(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as stored: ``descriptions`` left out when ``description`` is just their join."""
+    d = attrs.get("descriptions")
+    if d is not None and all("\n" not in x for x in d) and "\n".join(d) == attrs.get("description"):
+        attrs = {k: v for k, v in attrs.items() if k != "descriptions"}
+    return attrs
+
+
+def _dump_graph(g: Any) -> bytes:
+    """networkx node-link JSON (``networkx.node_link_graph(data, edges="edges")`` reads it back)."""
+    data = {"directed": False, "multigraph": False, "graph": dict(g.graph),
+            "nodes": [{**_lean(a), "id": n} for n, a in g.nodes(data=True)],
+            "edges": [{**_lean(a), "source": u, "target": v} for u, v, a in g.edges(data=True)]}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _full(attrs: dict[str, Any]) -> dict[str, Any]:
+    if "descriptions" not in attrs:
+        desc = attrs.get("description", "")
+        attrs["descriptions"] = desc.split("\n") if desc else []
+    return attrs
+
+
 def _read_graph(folder: Path) -> Any:
+    """Read graph.json; builds the graph directly (several times faster than ``node_link_graph``)."""
     import networkx as nx
 
+    f = folder / "graph.json"
     try:
-        data = json.loads((folder / "graph.json").read_text(encoding="utf-8"))
-        g = nx.node_link_graph(data, edges="edges")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise IndexArtifactError(f"{folder / 'graph.json'}: missing or corrupt graph ({exc}); rebuild the index.") \
-            from None
+        data = json.loads(f.read_bytes())
+        g = nx.Graph()
+        g.graph.update(data.get("graph", {}))
+        g.add_nodes_from((a.pop("id"), _full(a)) for a in data["nodes"])
+        g.add_edges_from((a.pop("source"), a.pop("target"), _full(a)) for a in data["edges"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexArtifactError(f"{f}: missing or corrupt graph ({exc}); rebuild the index.") from None
     return g
 
 
@@ -416,7 +441,7 @@ def _read_vectors(folder: Path, dim: int, mmap: bool = False) -> dict[str, Vecto
         if v.ndim != 2 or len(v) != len(k) or (len(k) and v.shape[1] != dim):
             raise IndexArtifactError(f"{folder / (name + '.npy')}: {v.shape} vectors for {len(k)} keys of "
                                      f"dimension {dim}; the index is inconsistent, rebuild it.")
-        out[name] = VectorTable(list(k), v)
+        out[name] = FastVectorTable(list(k), v)
     return out
 
 
@@ -473,14 +498,21 @@ def _forget(folder: Path) -> None:
         _CACHE.pop(str(Path(folder).resolve()), None)
 
 
-def load_graph_index(path: str | Path, *, model: str = "", device: str = "cpu",
+def load_graph_index(path: str | Path, *, model: str = "", extractor: str = "", device: str = "cpu",
                      base_dir: str | Path | None = None) -> GraphIndex:
     """Load an ``indexer.graph`` folder as a :class:`GraphIndex` (cached per folder until it is rewritten).
 
-    ``encode`` is the index's own encoder (queries); ``model`` may name it again (an error when it
-    resolves to another model). ``params`` is the folder's params.json (extractor, encoder, stats).
+    ``encode`` is the index's own encoder (queries); ``model`` may name it again and ``extractor``
+    (``spacy`` / ``llm``) the extractor the caller expects: either differing from the index is an
+    IndexArtifactError. ``params`` is the folder's params.json (extractor, encoder, stats).
     """
     folder = resolve_path(path, base_dir)
+    if extractor:
+        stored = read_params(folder, expect_key=KEY).get("extractor")
+        if stored != extractor:
+            raise IndexArtifactError(f"{folder}: graph index was built with the {stored!r} extractor, but "
+                                     f"{extractor!r} was asked for. Rebuild the index with extractor: {extractor} "
+                                     "or drop the setting.")
     key = str(folder.resolve())
     stamp = _stamp(folder)
     with _CACHE_LOCK:
