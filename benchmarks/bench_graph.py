@@ -54,7 +54,7 @@ def load_avg() -> str:
         return "n/a"
 
 
-def build_indexes(ds, work: Path, log, noun_chunks: bool) -> dict[str, str]:
+def build_indexes(ds, work: Path, log, noun_chunks: bool, graph_model: str) -> dict[str, str]:
     from ragkit.indexers.bm25 import BM25Indexer
     from ragkit.indexers.dense import DenseIndexer
     from ragkit.indexers.graph import GraphIndexer
@@ -65,8 +65,9 @@ def build_indexes(ds, work: Path, log, noun_chunks: bool) -> dict[str, str]:
     stats = {}
     for name, make in (("bm25", lambda p: BM25Indexer(path=p)),
                        ("dense", lambda p: DenseIndexer(path=p, model="minilm")),
-                       ("graph", lambda p: GraphIndexer(path=p, model="minilm", noun_chunks=noun_chunks))):
-        p = work / f"{ds.name}-{name}" if name != "graph" else work / f"{ds.name}-graph-nc{int(noun_chunks)}"
+                       ("graph", lambda p: GraphIndexer(path=p, model=graph_model, noun_chunks=noun_chunks))):
+        p = work / f"{ds.name}-{name}" if name != "graph" else \
+            work / f"{ds.name}-graph-{graph_model}-nc{int(noun_chunks)}"
         paths[name] = str(p)
         if (p / "params.json").exists():
             continue
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noun-chunks", action="store_true",
                     help="spaCy extractor: noun chunks are entities too (the indexer's default; off here: "
                          "named entities only, a graph a fraction of the size to embed on 2 CPU cores)")
+    ap.add_argument("--graph-model", default="minilm",
+                    help="encoder of the graph index's entity/relation/chunk tables (minilm, or hash: lexical, "
+                         "no neural encoding -- builds in seconds)")
     ap.add_argument("--out", default="graph", help="results file stem under benchmarks/results/")
     args = ap.parse_args(argv)
 
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         ds = load_dataset(name)
         log(f"{name}: {len(ds.corpus)} paragraphs, {len(ds.queries)} questions")
-        paths = build_indexes(ds, work, log, args.noun_chunks)
+        paths = build_indexes(ds, work, log, args.noun_chunks, args.graph_model)
         gp = json.loads((Path(paths["graph"]) / "params.json").read_text())
         rets = retrievers(paths, args.ppr_variants)
         if args.only:
