@@ -94,6 +94,9 @@ class HFGenerator(Generator):
     kv_scale: float = param(1.0, gt=0, help="kv_reuse: APE scale on the parallel blocks' attention weights")
     kv_top_blocks: int = param(0, ge=0, help="kv_reuse: selective attention to the top-k passage blocks (0 = off)")
     kv_fix_layers: str = param("all", help="kv_reuse fixes: layers ('all', 'auto' = later half, 'a-b', 'a,b')")
+    graph_context: bool = param(True, help="show the entities/relations/paths graph retrievers put on the hits "
+                                           "(between the passages and the question)")
+    max_graph_context_tokens: int = param(1024, ge=0, help="token budget of the graph context (0 = no limit)")
 
     _callback = None    # set_stream_callback(); kept across setup()
     _act_heads = None   # parsed attention-method heads (generators/_attnrun.setup); None = no method
@@ -204,7 +207,30 @@ class HFGenerator(Generator):
     def _segments(self, r: Ranking, hits: list[Any]) -> Any:
         return build_segments(self._tok, self._template, r.query.text,
                               [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
-                              self.max_passage_tokens, prefix=self._prefix)
+                              self.max_passage_tokens, prefix=self._prefix, context=self.graph_context_text(hits))
+
+    def graph_context_text(self, hits: list[Any]) -> str:
+        """The rendered graph context of ``hits`` (empty when they carry none or graph_context is off)."""
+        if not self.graph_context:
+            return ""
+        from ragkit.retrievers._graph import contexts_of, render_graph_context
+
+        ctxs = contexts_of(hits)
+        if not ctxs:
+            return ""
+        tok = self._tok
+        count = (lambda t: len(tok(t, add_special_tokens=False)["input_ids"])) if tok is not None else None
+        budget = self.max_graph_context_tokens
+        parts = []
+        for c in ctxs:
+            text = render_graph_context(c, budget, count) if count else render_graph_context(c)
+            if text:
+                parts.append(text)
+                if budget:
+                    budget = max(budget - count(text), 0)
+                    if budget == 0:
+                        break
+        return "\n".join(parts)
 
     def _run_full(self, batch: list[Ranking]) -> list[Answer]:
         import torch

@@ -48,9 +48,12 @@ def registered_models() -> list[str]:
 
 
 def user_message(question: str, passages: list[tuple[str, str | None]], header: str = "Passages:",
-                 instruction: str = DEFAULT_INSTRUCTION) -> str:
-    """The user message: numbered passages with titles, then the question and the instruction."""
+                 instruction: str = DEFAULT_INSTRUCTION, context: str = "") -> str:
+    """The user message: numbered passages with titles, the graph context (if any), then the question
+    and the instruction."""
     body = header + "".join(glue_text(i) + block_text(t, ti) for i, (t, ti) in enumerate(passages, 1))
+    if context.strip():
+        body += f"\n\nKnowledge graph:\n{context.strip()}"
     return f"{body}\n\nQuestion: {question.strip()}" + (f"\n{instruction}" if instruction else "")
 
 
@@ -103,8 +106,11 @@ class LangChainGenerator(Generator):
             if h.text is None:
                 raise StageInputError(f"'{self.key}': hit {h.key!r} of query {r.qid!r} has no text. Add "
                                       "`text: true` to the retriever.")
+        from ragkit.retrievers._graph import contexts_of, render_graph_context
+
+        ctx = "\n".join(t for t in (render_graph_context(c) for c in contexts_of(hits)) if t)
         user = user_message(r.query.text, [(h.text, (h.meta or {}).get("title")) for h in hits],
-                            instruction=self.instruction or DEFAULT_INSTRUCTION)
+                            instruction=self.instruction or DEFAULT_INSTRUCTION, context=ctx)
         system = self.system_prompt or DEFAULT_SYSTEM
         if isinstance(self._llm, BaseChatModel):
             return [SystemMessage(system), HumanMessage(user)], hits

@@ -158,3 +158,21 @@ def _fusion(name: str, tmp: Path):
     idx = _bm25_index(tmp)
     return getattr(fusion, name)(retrievers=[BM25Retriever(index=idx, k=3, text=True),
                                             BM25Retriever(index=idx, k=2, text=True)], k=3)
+
+
+def _graph(cls: str, module: str, tmp: Path, **kw):
+    """A graph retriever over an indexer.graph folder (spaCy extractor, hash encoder) of DOCS."""
+    from ragkit.indexers.graph import GraphIndexer
+
+    path = tmp / "graph"
+    if not path.exists():
+        GraphIndexer(path=str(path), model="hash")(chunks())
+    return _stage(module, cls, index=str(path), k=3, text=True, keywords="simple", **kw)
+
+
+EXAMPLES.update({
+    "retriever.lightrag": lambda tmp: (_graph("LightRAGRetriever", "ragkit.retrievers.lightrag", tmp, mode="hybrid"),
+                                       QUERIES),
+    "retriever.pathrag": lambda tmp: (_graph("PathRAGRetriever", "ragkit.retrievers.pathrag", tmp), QUERIES),
+    "retriever.ppr": lambda tmp: (_graph("PPRRetriever", "ragkit.retrievers.ppr", tmp), QUERIES),
+})

@@ -10,7 +10,9 @@ from ragkit.records import Answer, Ranking
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = sorted((REPO / "pipelines").glob("*.yaml"))
-NEEDS_SHARED = ("corpus: {dataset: cranfield}", "corpus: {dataset: cisi}")
+NEEDS_SHARED = ("corpus: {dataset: cranfield}", "corpus: {dataset: cisi}", "corpus: {dataset: hotpotqa}")
+# a spaCy graph of a whole shared set takes ~20 s to build: those pipelines run in the slow tier
+SLOW = ("corpus: {dataset: hotpotqa}",)
 NEEDS_LLM = ("generator.hf", "indexer.kv", "reranker.llm")
 
 
@@ -58,10 +60,19 @@ def _check(p: Pipeline) -> None:
         assert isinstance(ranking, Ranking) and len(ranking.hits) > 0
 
 
-@pytest.mark.parametrize("f", [f for f in FILES if not any(m in f.read_text() for m in NEEDS_LLM)], ids=lambda f: f.name)
+@pytest.mark.parametrize("f", [f for f in FILES if not any(m in f.read_text() for m in NEEDS_LLM + SLOW)],
+                         ids=lambda f: f.name)
 def test_pipeline_runs(f, tmp_path, request):
     if any(s in f.read_text() for s in NEEDS_SHARED):
         request.getfixturevalue("shared_data")
+    _check(_load(f, tmp_path, real_models=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("f", [f for f in FILES if any(m in f.read_text() for m in SLOW)
+                               and not any(m in f.read_text() for m in NEEDS_LLM)], ids=lambda f: f.name)
+def test_slow_pipeline_runs(f, tmp_path, request):
+    request.getfixturevalue("shared_data")
     _check(_load(f, tmp_path, real_models=False))
 
 

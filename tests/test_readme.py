@@ -74,3 +74,15 @@ def test_yaml_tour_block_is_the_default_pipeline():
     shown, real = Pipeline.from_yaml(block), Pipeline.from_yaml(REPO / "pipelines" / "default.yaml")
     assert shown.stages == real.stages and shown.index_stages == real.index_stages
     assert shown.evaluation == real.evaluation
+
+
+@pytest.mark.model
+def test_graph_block_runs(tmp_path, monkeypatch):
+    pytest.importorskip("spacy")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(REPO / "data")
+    ns: dict = {}
+    exec(compile(next(b for b in BLOCKS if "read_documents(" in b), "README.md", "exec"), ns)
+    exec(compile(next(b for b in BLOCKS if "GraphIndexer(" in b), "README.md", "exec"), ns)
+    assert ns["hits"] and ns["hits"][0].doc_id.startswith("0-")
+    assert len(ns["ppr"].search("Super Bowl 50").hits) == 5

@@ -10,7 +10,9 @@ passage-KV reuse:
 - ``glue(i)``: the passage number, ``"\\n[i]"``; it depends on the rank, so it is never cached.
 - ``block(i)``: ``" Title: <title>\\n<text>"`` (or ``" <text>"``): independent of rank, query and
   the other passages, so its key/value states can be computed once and reused.
-- ``final``: the question, a short instruction and the end of the chat template (generation prompt).
+- ``final``: the graph context when the hits carry one (entities, relations, paths: see
+  ``ragkit.retrievers._graph``), the question, a short instruction and the end of the chat
+  template (generation prompt). The graph context depends on the query, so it is never cached.
 
 Each segment is tokenised on its own (``add_special_tokens=False``) and the ids are concatenated;
 full prefill uses exactly that concatenation, so both paths see identical tokens.
@@ -37,6 +39,7 @@ class PromptTemplate:
     instruction: str = DEFAULT_INSTRUCTION
     use_chat_template: bool = True
     passages_header: str = "Passages:"
+    graph_header: str = "Knowledge graph:"
 
     def shell(self, tokenizer: Any) -> tuple[str, str]:
         """(text before the user message body, text after it up to the generation prompt)."""
@@ -55,10 +58,11 @@ class PromptTemplate:
     def prefix_text(self, tokenizer: Any) -> str:
         return self.shell(tokenizer)[0] + self.passages_header
 
-    def final_text(self, tokenizer: Any, question: str) -> str:
+    def final_text(self, tokenizer: Any, question: str, context: str = "") -> str:
         post = self.shell(tokenizer)[1]
         instr = f"\n{self.instruction}" if self.instruction else ""
-        return f"\n\nQuestion: {question.strip()}{instr}" + post
+        ctx = f"\n\n{self.graph_header}\n{context.strip()}" if context and context.strip() else ""
+        return f"{ctx}\n\nQuestion: {question.strip()}{instr}" + post
 
 
 def block_text(text: str, title: str | None = None) -> str:
@@ -113,8 +117,9 @@ def prefix_ids(tokenizer: Any, template: PromptTemplate) -> list[int]:
 
 def build_segments(tokenizer: Any, template: PromptTemplate, question: str,
                    passages: Sequence[tuple[str, str | None]], max_block_tokens: int = 0,
-                   prefix: list[int] | None = None) -> Segments:
-    """Segments for ``question`` over ``passages`` [(text, title)] in ranked order (numbered from 1)."""
+                   prefix: list[int] | None = None, context: str = "") -> Segments:
+    """Segments for ``question`` over ``passages`` [(text, title)] in ranked order (numbered from 1);
+    ``context`` (graph context text) goes between the passages and the question."""
     seg = Segments(prefix=list(prefix) if prefix is not None else prefix_ids(tokenizer, template))
     for i, (text, title) in enumerate(passages, 1):
         bt = block_text(text, title)
@@ -124,7 +129,7 @@ def build_segments(tokenizer: Any, template: PromptTemplate, question: str,
         seg.glues.append(tokenize(tokenizer, glue_text(i)))
         seg.blocks.append(ids)
         seg.block_texts.append(bt)
-    seg.final = tokenize(tokenizer, template.final_text(tokenizer, question))
+    seg.final = tokenize(tokenizer, template.final_text(tokenizer, question, context))
     return seg
 
 
