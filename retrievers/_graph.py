@@ -51,13 +51,13 @@ def load_index(stage: Any) -> Any:
     gi = _REGISTERED.get(stage.index)
     want_model = getattr(stage, "model", "")
     if gi is None:
-        folder: Any = resolve_path(stage.index, stage.__dict__.get("_base_dir"))
+        folder: Any = resolve_path(stage.index, stage._base_dir)
         try:
             from ragkit.indexers.graph import load_graph_index
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise MissingDependencyError(f"'{stage.key}': loading a graph index needs ragkit.indexers.graph "
                                          f"({exc}); install ragkit[graph].") from exc
-        gi = load_graph_index(folder, model=want_model, base_dir=stage.__dict__.get("_base_dir"))
+        gi = load_graph_index(folder, model=want_model, base_dir=stage._base_dir)
         want_model = ""            # checked by load_graph_index (resolved model ids)
     else:
         folder = f"<registered graph index {stage.index!r}>"

@@ -42,25 +42,27 @@ Mode = Literal["local", "global", "hybrid", "mix", "naive"]
 class GraphRetrieverBase(Retriever):
     """Shared setup of the graph retrievers (index, keyword extractor, token counter)."""
 
+    _gi = None       # the loaded GraphIndex
+    _count = None    # token counter for the budgets
+    _llm_fn = None   # keyword LLM (set_keyword_llm or `llm`); kept across setup()
+    _kw = None       # the query keyword extractor
+
     def _setup(self) -> None:
-        d = self.__dict__
-        d["_gi"] = load_index(self)
-        d["_count"] = make_counter(getattr(self, "tokenizer", ""), d.get("_base_dir"))
-        llm_fn = d.get("_llm_fn")
-        if llm_fn is None and getattr(self, "llm", ""):
-            llm_fn = hf_chat_fn(self.llm, d.get("_base_dir"))
-            d["_llm_fn"] = llm_fn
-        d["_kw"] = KeywordExtractor(getattr(self, "keywords", "auto"), llm_fn)
+        self._gi = load_index(self)
+        self._count = make_counter(getattr(self, "tokenizer", ""), self._base_dir)
+        if self._llm_fn is None and getattr(self, "llm", ""):
+            self._llm_fn = hf_chat_fn(self.llm, self._base_dir)
+        self._kw = KeywordExtractor(getattr(self, "keywords", "auto"), self._llm_fn)
 
     def set_keyword_llm(self, llm: Any) -> "GraphRetrieverBase":
         """Extract query keywords with ``llm`` (a ``prompt -> str`` callable or a langchain chat model)."""
-        self.__dict__["_llm_fn"] = as_prompt_fn(llm)
-        if "_kw" in self.__dict__:
-            self.__dict__["_kw"] = KeywordExtractor(getattr(self, "keywords", "auto"), self.__dict__["_llm_fn"])
+        self._llm_fn = as_prompt_fn(llm)
+        if self._kw is not None:
+            self._kw = KeywordExtractor(getattr(self, "keywords", "auto"), self._llm_fn)
         return self
 
     def keywords_of(self, text: str) -> Keywords:
-        return self.__dict__["_kw"](text)
+        return self._kw(text)
 
 
 @register("retriever.lightrag")
@@ -88,12 +90,12 @@ class LightRAGRetriever(GraphRetrieverBase):
     extractor: str = param("", help="must equal the index's extractor if given")
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self.__dict__["_gi"]
+        gi = self._gi
         return [self.retrieve(gi, q) for q in batch]
 
     # -- one query -------------------------------------------------------------------------------
     def retrieve(self, gi: Any, q: Query) -> Ranking:
-        count = self.__dict__["_count"]
+        count = self._count
         mode = self.mode
         kw = self.keywords_of(q.text) if mode != "naive" else Keywords(source="none")
         notes = [kw.note] if kw.note else []

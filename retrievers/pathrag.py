@@ -158,11 +158,11 @@ class PathRAGRetriever(GraphRetrieverBase):
     extractor: str = param("", help="must equal the index's extractor if given")
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self.__dict__["_gi"]
+        gi = self._gi
         return [self.retrieve(gi, q) for q in batch]
 
     def retrieve(self, gi: Any, q: Query) -> Ranking:
-        count = self.__dict__["_count"]
+        count = self._count
         g = gi.graph
         kw = self.keywords_of(q.text)
         notes = [kw.note] if kw.note else []

@@ -142,21 +142,21 @@ class PPRRetriever(GraphRetrieverBase):
 
     def _setup(self) -> None:
         super()._setup()
-        gi = self.__dict__["_gi"]
+        gi = self._gi
         key = (id(gi), self.synonym_threshold, self.synonym_neighbors, self.title_links)
         with _GLOCK:
             pg = _GRAPHS.get(key)
             if pg is None or pg[0] is not gi:
                 pg = (gi, PPRGraph(gi, self.synonym_threshold, self.synonym_neighbors, self.title_links))
                 _GRAPHS[key] = pg
-        self.__dict__["_pg"] = pg[1]
+        self._pg = pg[1]
 
     def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self.__dict__["_gi"]
+        gi = self._gi
         return [self.retrieve(gi, q) for q in batch]
 
     def retrieve(self, gi: Any, q: Query) -> Ranking:
-        pg: PPRGraph = self.__dict__["_pg"]
+        pg: PPRGraph = self._pg
         use_kw = self.seed in ("entities", "both")
         kw = self.keywords_of(q.text) if use_kw else None
         probes = list(kw.low) if kw is not None else []
