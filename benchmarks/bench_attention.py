@@ -479,7 +479,7 @@ def kvfix(args) -> None:
             gg._model = base_model
             eng = gg._engine
             eng.model, eng.base = base_model, base_model.get_decoder()
-    from ragkit.generators._kvreuse import use_gqa_sdpa
+    from ragkit.kv.reuse import use_gqa_sdpa
     from ragkit.generators._attention import install_hook
     base_model.set_attn_implementation("sdpa")
     use_gqa_sdpa(base_model)

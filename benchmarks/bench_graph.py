@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from ragkit.eval import load_dataset
-    from ragkit.generators._model import resolve
+    from ragkit.models import transformers_folder
 
-    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct").path)
+    tok = AutoTokenizer.from_pretrained(transformers_folder("smollm2-135m-instruct").path)
 
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0

@@ -86,9 +86,9 @@ def make_counter(tokenizer: str, base_dir: Any = None) -> Callable[[str], int]:
         return regex_tokens
     from transformers import AutoTokenizer
 
-    from ragkit.generators._model import resolve
+    from ragkit.models import transformers_folder
 
-    tok = AutoTokenizer.from_pretrained(resolve(tokenizer, base_dir).path)
+    tok = AutoTokenizer.from_pretrained(transformers_folder(tokenizer, base_dir=base_dir, role="token counting").path)
     return lambda text: len(tok(text or "", add_special_tokens=False)["input_ids"])
 
 
@@ -268,7 +268,7 @@ def hf_chat_fn(model: str, base_dir: Any = None, max_new_tokens: int = 96) -> Ca
     """A greedy prompt -> reply function over a transformers causal LM (for keyword extraction)."""
     import torch
 
-    from ragkit.generators._model import load_causal_lm
+    from ragkit.models import load_causal_lm
 
     tok, lm, _ = load_causal_lm(model, "cpu", "auto", "auto", base_dir=base_dir)
     lock = threading.Lock()

@@ -230,7 +230,7 @@ def test_empty_graph_index():
 
 
 def test_generator_prompt_renders_graph_context(gi):
-    from ragkit.generators._prompt import PromptTemplate, build_segments
+    from ragkit.kv.prompt import PromptTemplate, build_segments
 
     class Tok:
         chat_template = None
