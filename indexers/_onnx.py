@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,10 @@ def export(folder: Path, quantize: bool) -> Path:
 
         with atomic_folder(out) as tmp:
             raw = tmp / "model.onnx"
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                # dynamo=False is the TorchScript exporter on purpose (no onnxscript dependency); torch
+                # warns that it is legacy
+                warnings.filterwarnings("ignore", message="You are using the legacy TorchScript", category=DeprecationWarning)
                 torch.onnx.export(_Wrap(model), dummy, str(raw), input_names=names, output_names=["hidden"],
                                   dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names},
                                                 "hidden": {0: "batch", 1: "seq"}},
