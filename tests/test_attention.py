@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from ragkit.errors import MissingDependencyError, ModelNotFoundError
+
+from ._integration import import_or_unavailable, unavailable
+
 from ragkit._hfcompat import cache_kw, output_cache
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = import_or_unavailable("torch", "llm")
+import_or_unavailable("transformers", "llm")
 
 from ragkit.errors import ConfigError  # noqa: E402
 from ragkit.generators import _attnrun  # noqa: E402
@@ -335,8 +339,8 @@ def test_smollm2_hook_bit_identical_and_reader():
         tok, ref, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
         _, hooked, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
         _, eager, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "eager")
-    except Exception as exc:  # pragma: no cover - depends on installed weights
-        pytest.skip(f"SmolLM2 not available: {exc}")
+    except (ModelNotFoundError, MissingDependencyError) as exc:  # pragma: no cover - depends on installed weights
+        unavailable(f"SmolLM2 weights ({exc})")
     install_hook(hooked)
     x = torch.tensor([tok("The capital of France is Paris. The capital of Germany is")["input_ids"]])
     with torch.no_grad():
