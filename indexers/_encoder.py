@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ragkit._deps import require
+from ragkit.model_identity import ModelCacheKey
 from ragkit.artifacts import cache_dir
 from ragkit.errors import ConfigError
 from ragkit.models import ResolvedModel, pick_device, resolve_model
@@ -113,7 +114,7 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-class Encoder:
+class Encoder(ModelCacheKey):
     """Batched text encoder with query/document prefixes, normalisation, fp16 on GPU and a disk cache."""
 
     def __init__(self, model: str = "minilm", *, device: str = "cpu", batch_size: int = 64,
@@ -142,23 +143,6 @@ class Encoder:
         self._cache: EmbeddingCache | None = None
         self._load()
 
-    @property
-    def model_id(self) -> str:
-        return self.resolved.id
-
-    _cache_id: str | None = None   # computed on first use
-
-    @property
-    def cache_id(self) -> str:
-        """The model as the cache knows it: id plus a content hash of the weights (ragkit.model_identity)."""
-        cid = self._cache_id
-        if cid is None:
-            from ragkit.model_identity import model_identity
-
-            r = self.resolved
-            cid = f"{r.id}\x1f{model_identity(r.path if r.kind == 'hf' else None, name=r.id)}"
-            self._cache_id = cid
-        return cid
 
     def _load(self) -> None:
         r = self.resolved

@@ -22,6 +22,7 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError, ModelNotFoundError
+from ragkit.model_identity import ModelCacheKey
 from ragkit.models import ResolvedModel, materialize_gguf, pick_device, resolve_model
 
 # <layer number>.<attention module>.<output projection>
@@ -65,7 +66,7 @@ def pool(acts: Any, mask: Any, how: str):
     return acts[torch.arange(acts.shape[0], device=acts.device), last]
 
 
-class MultiHeadEmbedder:
+class MultiHeadEmbedder(ModelCacheKey):
     """Per-head attention embeddings of one layer of a transformers model."""
 
     def __init__(self, model: str = "minilm", *, layer: int = -1, pooling: str = "auto", device: str = "cpu",
@@ -120,24 +121,9 @@ class MultiHeadEmbedder:
                               f"{self.num_heads} heads.")
         self.head_dim = width // self.num_heads
 
-    @property
-    def model_id(self) -> str:
-        return self.resolved.id
-
-    _cache_id: str | None = None   # computed on first use
-
-    @property
-    def cache_id(self) -> str:
-        """The model as the cache knows it: id plus a content hash of the weights (ragkit.model_identity)."""
-        cid = self._cache_id
-        if cid is None:
-            from ragkit.model_identity import model_identity
-
-            r = self.resolved
-            folder = materialize_gguf(r) if r.kind != "hash" else None
-            cid = f"{r.id}\x1f{model_identity(folder, name=r.id)}"
-            self._cache_id = cid
-        return cid
+    def _weights_folder(self):
+        r = self.resolved
+        return materialize_gguf(r) if r.kind != "hash" else None
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """float32 [N, heads, head_dim] (and, with ``standard=True``, the model's ordinary embedding [N, hidden])."""

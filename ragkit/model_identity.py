@@ -135,3 +135,32 @@ def model_identity(path: str | os.PathLike | None, *, name: str = "") -> str:
 
 
 __all__ = ["model_identity", "model_files", "file_digest", "library_versions", "SUFFIXES", "NUMERIC_LIBS"]
+
+
+class ModelCacheKey:
+    """Mixin for a stage's model wrapper that holds ``self.resolved`` (a ragkit.models.ResolvedModel).
+
+    Gives ``model_id`` (the resolved name) and ``cache_id``: the name plus :func:`model_identity` of
+    the weights folder, computed once on first use. A wrapper whose weights live somewhere else than
+    ``resolved.path`` (a GGUF file converted to a folder) overrides :meth:`_weights_folder`.
+    """
+
+    resolved: object
+    _cache_id: str | None = None   # computed on first use
+
+    @property
+    def model_id(self) -> str:
+        return self.resolved.id
+
+    def _weights_folder(self):
+        r = self.resolved
+        return r.path if r.kind == "hf" else None
+
+    @property
+    def cache_id(self) -> str:
+        """The model as a cache knows it: id plus a content hash of the weights."""
+        cid = self._cache_id
+        if cid is None:
+            cid = f"{self.resolved.id}\x1f{model_identity(self._weights_folder(), name=self.resolved.id)}"
+            self._cache_id = cid
+        return cid
