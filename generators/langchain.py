@@ -16,11 +16,11 @@ other direction (a ragkit pipeline as a LangChain retriever or runnable) is in
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
 from ragkit._deps import require
+from ragkit._named import NamedObjects
 from ragkit.errors import ConfigError, StageInputError
 from ragkit.records import Answer, Ranking
 from ragkit.registry import register
@@ -28,8 +28,7 @@ from ragkit.stage import Generator, param
 
 from ragkit.kv.prompt import DEFAULT_INSTRUCTION, DEFAULT_SYSTEM, block_text, glue_text, parse_citations
 
-_MODELS: dict[str, Any] = {}
-_LOCK = threading.Lock()
+_MODELS = NamedObjects("LangChain model", "ragkit.generators.langchain.register_model(name, model)")
 
 
 def register_model(name: str, model: Any) -> Any:
@@ -38,13 +37,11 @@ def register_model(name: str, model: Any) -> Any:
     if not isinstance(model, (lc.BaseChatModel, lc.BaseLLM)):
         raise ConfigError(f"register_model('{name}'): expected a langchain-core BaseChatModel or BaseLLM, "
                           f"got {type(model).__name__}")
-    with _LOCK:
-        _MODELS[name] = model
-    return model
+    return _MODELS.add(name, model)
 
 
 def registered_models() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def user_message(question: str, passages: list[tuple[str, str | None]], header: str = "Passages:",
@@ -83,14 +80,7 @@ class LangChainGenerator(Generator):
 
     def _setup(self) -> None:
         require("langchain_core", "generator.langchain")
-        with _LOCK:
-            llm = _MODELS.get(self.model)
-        if llm is None:
-            known = ", ".join(registered_models()) or "none registered"
-            raise ConfigError(f"'{self.key}': parameter 'model' is {self.model!r}, but no LangChain model is "
-                              f"registered under that name (registered: {known}). Call "
-                              "ragkit.generators.langchain.register_model(name, model) first.")
-        self._llm = llm
+        self._llm = _MODELS.lookup(self.model, self.key, "model")
 
     def set_stream_callback(self, fn: Callable[[str, str], None] | None) -> "LangChainGenerator":
         """Call ``fn(qid, piece)`` with each streamed piece of text (implies streaming)."""

@@ -65,16 +65,9 @@ class LangChainChat:
     """A langchain-core chat model or LLM registered under ``name`` (generator.langchain's registry)."""
 
     def __init__(self, name: str, key: str = "indexer.graph") -> None:
-        from ragkit.generators.langchain import _LOCK, _MODELS, registered_models
+        from ragkit.generators.langchain import _MODELS
 
-        with _LOCK:
-            llm = _MODELS.get(name)
-        if llm is None:
-            known = ", ".join(registered_models()) or "none registered"
-            raise ConfigError(f"'{key}': parameter 'llm_model' is {name!r}, but no LangChain model is registered "
-                              f"under that name (registered: {known}). Call "
-                              "ragkit.generators.langchain.register_model(name, model) first.")
-        self.llm = llm
+        self.llm = llm = _MODELS.lookup(name, key, "llm_model")
         try:
             ident = json.dumps(getattr(llm, "_identifying_params", {}), sort_keys=True, default=str)
         except Exception:  # pragma: no cover - exotic models

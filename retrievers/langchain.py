@@ -28,18 +28,17 @@ sentence-transformers folder) as LangChain ``Embeddings``, so a store can be com
 """
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Literal
 
 from ragkit._deps import require
+from ragkit._named import NamedObjects
 from ragkit.errors import ConfigError, StageInputError
 from ragkit.records import Chunk, Document, Hit, Query, Ranking, as_chunks
 from ragkit.registry import register
 from ragkit.stage import Retriever, param
 
-_STORES: dict[str, Any] = {}
-_LOCK = threading.Lock()
+_STORES = NamedObjects("LangChain store", "ragkit.retrievers.langchain.register_store(name, store)")
 
 
 def register_store(name: str, store: Any) -> Any:
@@ -51,13 +50,11 @@ def register_store(name: str, store: Any) -> Any:
     if not isinstance(store, (VectorStore, BaseRetriever)):
         raise ConfigError(f"register_store('{name}'): expected a langchain-core VectorStore or BaseRetriever, got "
                           f"{type(store).__name__}.")
-    with _LOCK:
-        _STORES[name] = store
-    return store
+    return _STORES.add(name, store)
 
 
 def registered_stores() -> list[str]:
-    return sorted(_STORES)
+    return _STORES.names()
 
 
 def add_documents(store: Any, records: Iterable[Document | Chunk], *, batch_size: int = 256) -> int:
@@ -111,14 +108,7 @@ class LangChainRetriever(Retriever):
 
     def _setup(self) -> None:
         require("langchain_core", "retriever.langchain")
-        with _LOCK:
-            store = _STORES.get(self.store)
-        if store is None:
-            known = ", ".join(registered_stores()) or "none registered"
-            raise ConfigError(f"'{self.key}': parameter 'store' is {self.store!r}, but no LangChain store is "
-                              f"registered under that name (registered: {known}). Call "
-                              "ragkit.retrievers.langchain.register_store(name, store) first.")
-        self._store = store
+        self._store = _STORES.lookup(self.store, self.key, "store")
 
     def _search(self, q: Query) -> list[tuple[Any, float | None]]:
         from langchain_core.vectorstores import VectorStore
