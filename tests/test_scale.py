@@ -144,6 +144,13 @@ def test_search_shards_through_shard_workers_in_process(tmp_path):
         Pipeline([DenseRetriever(index=str(tmp_path / "s3" / "dense"), cluster="serial", shards=2)]).setup()
     with pytest.raises(ConfigError, match="search shards on workers"):
         BM25Retriever(index="x", cluster="http://nowhere")
+    # a worker that reads another build of the folder than the client's manifest names (a stale copy)
+    from ragkit.shard_search import _open
+
+    with pytest.raises(IndexArtifactError, match="sees another version of the index folder"):
+        _open("bm25", str(tmp_path / "s3" / "bm25"), "shard-00000", "another-build", 1, True)
+    with pytest.raises(IndexArtifactError, match="at the same path"):
+        _open("dense", str(tmp_path / "elsewhere"), "shard-00000", "b", 1, False)
 
 
 def test_executor_yaml_round_trip_and_bad_cluster():
