@@ -144,9 +144,15 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
 
     if spec.cluster.startswith("local"):
         n = int(spec.cluster.split(":")[1]) if ":" in spec.cluster else (os.cpu_count() or 1)
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=spec.threads_per_worker, processes=True,
-                                           host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None,
-                                           silence_logs=logging.ERROR)
+        import dask
+
+        # no dashboard, so no use for the workers' statistical profiler: it samples every thread's stack
+        # every 10 ms, taking the GIL from the task (measured: pure-Python BM25 tokenization ran ~1.5x slower
+        # on a worker than in process with it on; benchmarks/results/scale_throughput_bm25.md)
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=spec.threads_per_worker,
+                                               processes=True, host="127.0.0.1", dashboard_address=None,
+                                               worker_dashboard_address=None, silence_logs=logging.ERROR)
         try:
             with distributed.Client(cluster, set_as_default=False) as client:
                 yield Executor(client, partitions=parts, retries=spec.retries, label=f"local:{n}")
