@@ -160,11 +160,21 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
             cluster.close()
         return
     t0 = time.monotonic()
+    # built in two steps so that a client whose connection failed can be closed at once; left to the garbage
+    # collector it waits 2 x connect_timeout in Client.__del__ before the process can exit
+    client = distributed.Client.__new__(distributed.Client)
     try:
-        client = distributed.Client(spec.cluster, timeout=spec.connect_timeout, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        client.__init__(spec.cluster, timeout=spec.connect_timeout, set_as_default=False)
+    except Exception as exc:  # noqa: BLE001 - whatever the address answered, the user needs the same advice
+        with contextlib.suppress(Exception):
+            client.close(timeout=1)
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, (OSError, TimeoutError)):
+            why = msg or type(exc).__name__
+        else:  # something listens there, but it does not speak Dask's protocol (seen: a garbage length header)
+            why = f"the address answered but not as a Dask scheduler: {type(exc).__name__}: {msg[:120]}"
         raise ClusterError(f"cannot reach the Dask scheduler at {spec.cluster} (gave up after "
-                           f"{time.monotonic() - t0:.1f} s: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
+                           f"{time.monotonic() - t0:.1f} s: {why})."
                            f" Start it with `dask scheduler` (and `dask worker {spec.cluster}` on each machine), check "
                            f"the address, or use --cluster local[:N].") from None
     try:

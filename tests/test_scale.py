@@ -222,6 +222,47 @@ executor: {cluster: "tcp://127.0.0.1:9", connect_timeout: 1}
     assert not (tmp_path / "idx").exists()
 
 
+def test_address_that_is_not_a_dask_scheduler(tmp_path):
+    """Something listens at the address but answers garbage (an HTTP server, a proxy): a clear ClusterError,
+    at once, not a hang or a MemoryError from a garbage length header."""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    from ragkit.distributed import ClusterError
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def answer():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 8)
+            conn.close()
+
+    th = threading.Thread(target=answer, daemon=True)
+    th.start()
+    try:
+        port = srv.getsockname()[1]
+        p = Pipeline([BM25Retriever(index=str(tmp_path / "b"))], index=[BM25Indexer(path=str(tmp_path / "b"))])
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+            p.build_index([Document("a", "alpha")], executor=ExecutorSpec(cluster=f"tcp://127.0.0.1:{port}",
+                                                                          connect_timeout=3), progress=False)
+        assert time.monotonic() - t0 < 30
+        assert not (tmp_path / "b").exists()
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+
+
 def test_sharded_build_refuses_unshardable_indexer(tmp_path):
     from ragkit.indexers.kv import KVIndexer
 
