@@ -466,6 +466,22 @@ eval: {{dataset: {data}, metrics: [nDCG@10]}}
     assert c["summary"] == l["summary"] and c["per_query"]["sq"]["nDCG@10"] == l["per_query"]["sq"]["nDCG@10"]
 
 
+def assert_same_up_to_ties(a, b, tol):
+    """Scores equal rank by rank (within tol) and every unit of one ranking in the other with the same
+    score, except units tied (within tol) with the last score, where the cut may pick either."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        assert all(abs(hx[2] - hy[2]) <= tol for hx, hy in zip(x, y))
+        if not x:
+            continue
+        last = min(x[-1][2], y[-1][2])
+        sx, sy = ({h[:2]: h[2] for h in r} for r in (x, y))
+        for u, sc in [*sx.items(), *sy.items()]:
+            if sc > last + tol:
+                assert u in sx and u in sy and abs(sx[u] - sy[u]) <= tol
+
+
 @pytest.mark.slow
 def test_search_shards_on_workers_equals_local_search(tmp_path, client):
     """Shards searched on the LocalCluster's workers (127.0.0.1): each shard loaded once per worker,
@@ -483,9 +499,11 @@ def test_search_shards_on_workers_equals_local_search(tmp_path, client):
         pipe = Pipeline([cls(index=str(tmp_path / "s3" / folder), k=30, cluster=addr)])
         half = len(queries) // 2
         out = pipe.run(queries[:half]) + pipe.run(queries[half:])  # two query batches, shards loaded once
-        assert [[(h.doc_id, h.chunk_id, h.score) for h in r.hits] for r in out] == local
-        if cls is BM25Retriever:
-            assert local == rankings(BM25Retriever, tmp_path / "one" / "bm25", queries, k=30)
+        got = [[(h.doc_id, h.chunk_id, h.score) for h in r.hits] for r in out]
+        if cls is BM25Retriever:  # float64 sums of stored float32 contributions: identical in any process
+            assert got == local == rankings(BM25Retriever, tmp_path / "one" / "bm25", queries, k=30)
+        else:  # FAISS's BLAS path differs with the worker's thread count: equal up to float noise and ties
+            assert_same_up_to_ties(got, local, tol=1e-5)
     loads = {w: n - before.get(w, 0) for w, n in shard_loads(client).items()}
     assert sum(loads.values()) == 6  # 3 BM25 + 3 dense shards, each loaded by one worker, once
     assert len(loads) == 2 and all(n > 0 for n in loads.values())  # spread over both workers
