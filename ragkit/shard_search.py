@@ -7,8 +7,9 @@ on worker *i* mod W, from the index folder, which the workers must read at the s
 or a copy of the folder at that path on each machine), and each query batch goes to every shard's worker
 as one task. A shard answers each query with its top k by (score desc, doc_id, chunk_id) -- the ids (and
 the texts when asked) travel back, never the shard -- and the client merges the candidates by the same
-key. That is exactly what searching the same shards in process gives (tested for BM25 and flat dense);
-BM25 shards carry global statistics, so it also equals the single index.
+key. That is what searching the same shards in process gives: identical for BM25 (whose shards carry
+global statistics, so it also equals the single index); for flat dense up to float noise, since FAISS's
+BLAS path depends on the worker process's thread count (tested).
 
 A worker that dies is replaced by any other: the search task is rescheduled there and loads the shard
 first. A worker that reads another build of the folder than the client's manifest names (shards from
