@@ -34,7 +34,8 @@ def load() -> str:
 
 
 def cmd() -> str:
-    return " ".join(["nice -n 10 .venv/bin/python benchmarks/bench_onnx.py"] + sys.argv[1:])
+    prefix = os.environ.get("BENCH_PREFIX", "nice -n 10")
+    return " ".join([prefix, ".venv/bin/python benchmarks/bench_onnx.py"] + sys.argv[1:])
 
 
 def part_speed(args) -> None:
@@ -124,31 +125,35 @@ def part_rerank(args) -> None:
                  "threads": os.environ.get("RAGKIT_ONNX_THREADS", "ORT default"),
                  "omp_threads": os.environ.get("OMP_NUM_THREADS")}
     rerankers = {b: CrossEncoderReranker(model=args.model, backend=b, device="cpu", batch_size=32) for b in BACKENDS}
-    # speed: the same (question, paragraph) pairs through each backend, alternating, best of N
-    ds = load_dataset("squad")
-    docs = [d for d in ds.corpus if d.text.strip()]
-    BM25Indexer(path=str(tmp / "squad-speed"))(docs)
-    bm = Pipeline([BM25Retriever(index=str(tmp / "squad-speed"), k=args.depth, text=True)])
+    # speed: the same (question, paragraph) pairs through each backend, alternating, best of N (--pairs 0: skip)
+    stem = f"onnx_rerank{args.suffix}"
     qs, ps = [], []
-    for r in bm.run([Query(q.qid, q.text) for q in ds.queries[-(args.pairs // args.depth + 1):]]):
-        for h in r.hits:
-            qs.append(r.query.text)
-            ps.append(h.text)
-    qs, ps = qs[: args.pairs], ps[: args.pairs]
-    for r in rerankers.values():
-        r.score_pairs(qs[:8], ps[:8])  # load, export and quantize once, before timing
+    if args.pairs:
+        ds = load_dataset("squad")
+        docs = [d for d in ds.corpus if d.text.strip()]
+        BM25Indexer(path=str(tmp / "squad-speed"))(docs)
+        bm = Pipeline([BM25Retriever(index=str(tmp / "squad-speed"), k=args.depth, text=True)])
+        for r in bm.run([Query(q.qid, q.text) for q in ds.queries[-(args.pairs // args.depth + 1):]]):
+            for h in r.hits:
+                qs.append(r.query.text)
+                ps.append(h.text)
+        qs, ps = qs[: args.pairs], ps[: args.pairs]
+        for r in rerankers.values():
+            r.score_pairs(qs[:8], ps[:8])  # load, export and quantize once, before timing
     times: dict = {b: [] for b in BACKENDS}
     scores: dict = {}
-    for rep in range(args.reps):
+    for rep in range(args.reps if args.pairs else 0):
         for b in (BACKENDS if rep % 2 == 0 else tuple(reversed(BACKENDS))):
             t0 = time.perf_counter()
             scores[b] = np.asarray(rerankers[b].score_pairs(qs, ps)[0])
             times[b].append(time.perf_counter() - t0)
             print("speed", b, round(times[b][-1], 2), flush=True)
-    best = {b: min(v) for b, v in times.items()}
-    res["speed"] = {"pairs": len(qs), "times_s": times, "best_s": best, "load_end": load(),
-                    "max_abs_score_diff_vs_torch": {b: float(np.abs(scores[b] - scores["torch"]).max()) for b in BACKENDS}}
-    (OUT / "onnx_rerank.json").write_text(json.dumps(res, indent=2))
+    if args.pairs:
+        best = {b: min(v) for b, v in times.items()}
+        res["speed"] = {"pairs": len(qs), "times_s": times, "best_s": best, "load_end": load(),
+                        "max_abs_score_diff_vs_torch": {b: float(np.abs(scores[b] - scores["torch"]).max())
+                                                        for b in BACKENDS}}
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
     # quality: BM25 top-depth >> cross-encoder (each backend) on the first max_queries judged queries
     res["quality"] = {}
     for name in args.datasets:
@@ -161,10 +166,11 @@ def part_rerank(args) -> None:
         ev = evaluate(pipes, ds, ["nDCG@10"], batch_size=8, max_queries=args.max_queries, progress=False)
         res["quality"][name] = {"summary": ev.summary, "queries": ev.queries, "s": round(time.perf_counter() - t0, 1)}
         print(name, res["quality"][name], flush=True)
-        (OUT / "onnx_rerank.json").write_text(json.dumps(res, indent=2))
+        (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
     res["load_end"] = load()
-    (OUT / "onnx_rerank.json").write_text(json.dumps(res, indent=2))
-    sp = res["speed"]
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    sp = res.get("speed") or {"best_s": {b: float("nan") for b in BACKENDS},
+                              "max_abs_score_diff_vs_torch": {b: float("nan") for b in BACKENDS}}
     rows = [f"| {b} | {sp['best_s'][b]:.2f} | {len(qs) / sp['best_s'][b]:.1f} | {sp['best_s']['torch'] / sp['best_s'][b]:.2f}x "
             f"| {sp['max_abs_score_diff_vs_torch'][b]:.4f} |" for b in BACKENDS]
     qrows = []
@@ -180,9 +186,14 @@ def part_rerank(args) -> None:
           f"best of {args.reps}", "",
           "| backend | best s | pairs/s | speed-up vs torch | max abs score difference vs torch |", "|---|---|---|---|---|",
           *rows, "", "All runs (s): " + "; ".join(f"{b}: {', '.join(f'{x:.2f}' for x in v)}" for b, v in times.items()),
-          "", f"## Quality: nDCG@10 of BM25 top-{args.depth} reranked, first {args.max_queries} judged queries per set", "",
+          "", f"## Quality: nDCG@10 of BM25 top-{args.depth} reranked, "
+          + (f"first {args.max_queries} judged queries per set" if args.max_queries else "every judged query"), "",
           "| data set | queries | BM25 | torch | onnx-int8 | int8 - torch |", "|---|---|---|---|---|---|", *qrows]
-    (OUT / "onnx_rerank.md").write_text("\n".join(md) + "\n")
+    if not args.pairs:  # no speed section
+        a = next(i for i, x in enumerate(md) if x.startswith("## Speed"))
+        b = next(i for i, x in enumerate(md) if x.startswith("## Quality"))
+        md = md[:a] + md[b:]
+    (OUT / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
