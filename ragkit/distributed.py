@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import ConfigError, MissingDependencyError, RagkitError
 
+PARTITION_ITEMS = 50_000  # default partition size bound (documents), see Executor.n_partitions
 CLUSTER_RE = re.compile(r"^(serial|local(:[1-9][0-9]*)?|(tcp|tls)://[^\s/:]+:[0-9]{1,5})$")
 CLUSTER_HELP = ("serial (in this process), local or local:N (Dask LocalCluster of N worker processes on "
                 "127.0.0.1), tcp://HOST:PORT (an existing Dask scheduler)")
@@ -77,7 +78,14 @@ class Executor:
         return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
 
     def n_partitions(self, n_items: int) -> int:
-        want = self.partitions or self.workers
+        """``partitions`` if set; else a multiple of the worker count with at most PARTITION_ITEMS items each:
+        several partitions per worker let the next one's transfer overlap the current one's work and keep each
+        task's memory small (BM25, 105k passages, 1 worker: 3 partitions build ~12% faster than 1)."""
+        if self.partitions:
+            want = self.partitions
+        else:
+            w = self.workers
+            want = w * max(1, -(-n_items // (w * PARTITION_ITEMS)))
         return max(1, min(want, n_items))
 
     def submit(self, fn: Any, *args: Any) -> Any:
@@ -149,7 +157,13 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
         # no dashboard, so no use for the workers' statistical profiler: it samples every thread's stack
         # every 10 ms, taking the GIL from the task (measured: pure-Python BM25 tokenization ran ~1.5x slower
         # on a worker than in process with it on; benchmarks/results/scale_throughput_bm25.md)
-        with dask.config.set({"distributed.worker.profile.enabled": False}):
+        # and glibc's own (dynamic) malloc trim threshold instead of Dask's 64 KiB, which returns freed memory
+        # to the OS so eagerly that allocation-heavy tasks page-fault it back in (BM25 at 105k passages: map +
+        # build 8.6 s -> 7.4 s on the worker); a job's workers live for that job only
+        environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.worker.profile.enabled": False,
+                              "distributed.nanny.pre-spawn-environ": environ}):
             cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=spec.threads_per_worker,
                                                processes=True, host="127.0.0.1", dashboard_address=None,
                                                worker_dashboard_address=None, silence_logs=logging.ERROR)
