@@ -142,7 +142,8 @@ def part_throughput(args) -> None:
                 ex = None
                 if cfg is not None:
                     t0 = time.perf_counter()
-                    ex = es.enter_context(open_executor(cfg[0], partitions=cfg[1]))
+                    # partitions: ragkit's default (a multiple of the workers, <= 50k documents each) unless --partitions
+                    ex = es.enter_context(open_executor(cfg[0], partitions=args.partitions or None))
                     startup[name] = min(startup.get(name, 1e9), time.perf_counter() - t0)
                     ex.client.run(_set_threads, cfg[2])
                 # warm the workers (imports; dense: the model, once per worker) before timing
@@ -178,6 +179,7 @@ def part_throughput(args) -> None:
             + (f", each passage cut to its first {args.max_chars} characters" if args.max_chars else "") + ").")
     md = [f"# Index throughput: plain local vs Dask with 1 and 2 worker processes ({args.kind})", "",
           f"Command: `{cmd}`. {args.n:,} passages {what}",
+          f"Dask partitions: {'ragkit default (a multiple of the workers, at most 50,000 documents each)' if not args.partitions else args.partitions}; shards per run in the breakdown below. "
           f"Best of {args.reps}, alternating order; each cluster is started, warmed (a small build: imports, model) "
           f"and closed around its run (start-up reported apart, not in the build time). CPU s: CPU time of the "
           f"client process and of the worker processes during the best run. "
@@ -190,8 +192,8 @@ def part_throughput(args) -> None:
           "", "Where the time goes (best run of each Dask path; `*_compute_s` is time inside the worker's task, the "
           "rest of `map_s` / `build_s` is shipping and scheduling): "
           + "; ".join(f"{k}: " + ", ".join(f"{m}={stats[k][times[k].index(best[k])].get(m)}" for m in
-                                           ("map_s", "map_compute_s", "build_s", "build_compute_s", "write_s",
-                                            "shards_written_by_workers"))
+                                           ("shards", "map_s", "map_compute_s", "build_s", "build_compute_s",
+                                            "write_s", "shards_written_by_workers"))
                       for k in names[1:])]
     (OUT / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
@@ -333,6 +335,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
     ap.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="throughput, dense")
     ap.add_argument("--max-chars", type=int, default=0, help="throughput: cut each passage to this many characters")
+    ap.add_argument("--partitions", type=int, default=0, help="throughput: partitions of the Dask runs (0 = default)")
     ap.add_argument("--one-worker-only", action="store_true", help="throughput: plain vs 1 worker only")
     ap.add_argument("--threads", type=int, default=0, help="throughput: intra-op threads of the plain path and "
                                                            "of the 1-worker dense run (0 = one per CPU)")
