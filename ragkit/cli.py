@@ -397,7 +397,7 @@ def _cluster_args(sp: argparse.ArgumentParser, partitions: bool) -> None:
                          "section" + (". Indexes are written as shards" if partitions else ""))
     if partitions:
         sp.add_argument("--partitions", type=int, metavar="N",
-                        help="document partitions = index shards (default: one per worker)")
+                        help="document partitions = index shards (default: a multiple of the worker count, at most 50,000 documents each)")
 
 
 def _mount_plugins(sub, add) -> None:

@@ -12,13 +12,15 @@ Where the work runs is an *executor*:
 - a ``distributed.Client`` passed from Python.
 
 **Indexing** (``Pipeline.build_index(executor=...)``, ``ragkit index --cluster``): the documents are
-split into contiguous partitions (one per worker unless ``partitions`` says otherwise). Every
+split into contiguous partitions (a multiple of the worker count, at most 50,000 documents each, unless
+``partitions`` says otherwise). Every
 partition runs on a worker through the index stages: chunkers, then each indexer's *map* step
 (BM25 tokenization and counts, dense encoding with the model loaded once per worker process). The
 indexers reduce the small per-partition statistics on the client (BM25: global document frequencies
-and average length), each partition builds its shard on its worker with those global statistics, and
-the client writes every index as one folder of shards with a manifest, atomically. Nothing is written
-before every partition has succeeded: a partition whose worker dies is recomputed by Dask on another
+and average length), each partition builds its shard on its worker with those global statistics and
+writes the shard folder into the client's temporary index folder when it can see it (same machine or
+shared storage; else the shard travels back), and the client writes the manifest and renames every index
+folder into place, atomically. Nothing becomes visible before every partition has succeeded: a partition whose worker dies is recomputed by Dask on another
 worker (its intermediate results are re-derived from the inputs); if that keeps failing the job stops
 with a :class:`ClusterError` and the previous index folders are untouched.
 
@@ -80,7 +82,8 @@ class Executor:
     def n_partitions(self, n_items: int) -> int:
         """``partitions`` if set; else a multiple of the worker count with at most PARTITION_ITEMS items each:
         several partitions per worker let the next one's transfer overlap the current one's work and keep each
-        task's memory small (BM25, 105k passages, 1 worker: 3 partitions build ~12% faster than 1)."""
+        task's memory small (BM25, 105k passages, 1 worker, one run each under load: 8.35 s with 1 partition,
+        7.35 s with 3; benchmarks/results/scale_overhead_profile.md)."""
         if self.partitions:
             want = self.partitions
         else:
@@ -156,7 +159,7 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
 
         # no dashboard, so no use for the workers' statistical profiler: it samples every thread's stack
         # every 10 ms, taking the GIL from the task (measured: pure-Python BM25 tokenization ran ~1.5x slower
-        # on a worker than in process with it on; benchmarks/results/scale_throughput_bm25.md)
+        # on a worker than in process with it on; benchmarks/results/scale_overhead_profile.md)
         # and glibc's own (dynamic) malloc trim threshold instead of Dask's 64 KiB, which returns freed memory
         # to the OS so eagerly that allocation-heavy tasks page-fault it back in (BM25 at 105k passages: map +
         # build 8.6 s -> 7.4 s on the worker); a job's workers live for that job only
