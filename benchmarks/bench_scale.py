@@ -19,8 +19,9 @@ cisi, squad, hotpotqa, 2wikimultihopqa, nq-open: 7,023 passages), repeated with 
 ``--n`` passages. Repetition keeps the text statistics of real data (lengths, vocabulary) while making the
 corpus large enough; BM25's df values are scaled by the repetition, which does not change the work done.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_scale.py throughput --kind bm25 --n 105000 --reps 3
-    nice -n 10 .venv/bin/python benchmarks/bench_scale.py throughput --kind dense --n 400 --reps 2
+    /work/wt/cpu -2 .venv/bin/python benchmarks/bench_scale.py throughput --kind bm25 --n 105000 --reps 3
+    /work/wt/cpu -2 .venv/bin/python benchmarks/bench_scale.py throughput --kind dense --backend onnx-int8 \
+        --n 4000 --max-chars 256 --reps 1 --suffix _int8
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py exact --model minilm
     nice -n 10 .venv/bin/python benchmarks/bench_scale.py ann
 Results: benchmarks/results/scale_<part>[_<kind>].{md,json}.
@@ -69,74 +70,131 @@ def corpus(n: int) -> list:
         base += [Document(f"{name}:{d.doc_id}", d.text, d.meta) for d in load_dataset(name).corpus if d.text.strip()]
     out, k = [], 0
     while len(out) < n:
-        out += [Document(f"r{k}-{d.doc_id}", d.text, d.meta) for d in base[: n - len(out)]]
+        # a new string object per copy: pickle would ship a repeated *object* once, real corpora have no such luck
+        out += [Document(f"r{k}-{d.doc_id}", (d.text + " ")[:-1], d.meta) for d in base[: n - len(out)]]
         k += 1
     return out
 
 
-def pipeline(kind: str, folder: Path):
+def pipeline(kind: str, folder: Path, backend: str = "torch"):
     from ragkit.indexers.bm25 import BM25Indexer
     from ragkit.indexers.dense import DenseIndexer
     from ragkit.pipeline import Pipeline
     from ragkit.retrievers.bm25 import BM25Retriever
 
     idx = BM25Indexer(path=str(folder)) if kind == "bm25" else DenseIndexer(path=str(folder), model="minilm",
-                                                                               cache=False)
+                                                                               cache=False, backend=backend)
     return Pipeline([BM25Retriever(index=str(folder))], index=[idx])
+
+
+def _set_threads(n: int) -> int:
+    """In a worker (or here): intra-op threads of torch and of ONNX Runtime sessions created later."""
+    os.environ["RAGKIT_ONNX_THREADS"] = str(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+    return n
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def part_throughput(args) -> None:
     from ragkit.distributed import open_executor
 
     docs = corpus(args.n)
+    if args.max_chars:
+        from ragkit.records import Document
+
+        docs = [Document(d.doc_id, d.text[: args.max_chars], d.meta) for d in docs]
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    p = pipeline(args.kind, tmp / "idx")
-    configs = {"plain local (no Dask)": None, "Dask, 1 worker process": ("local:1", 1),
-               "Dask, 2 worker processes": ("local:2", 2)}
+    p = pipeline(args.kind, tmp / "idx", args.backend)
+    threads = os.cpu_count() if args.threads == 0 else args.threads
+    # (cluster, partitions, intra-op threads per worker); BM25 is single-threaded Python, so its 1-worker run
+    # is already "1 worker with every thread it can use"
+    configs = {"plain local (no Dask)": None, "Dask, 1 worker process": ("local:1", 1, 1 if args.kind == "bm25"
+                                                                              else threads),
+               "Dask, 2 worker processes": ("local:2", 2, 1)}
+    if args.kind == "dense":
+        configs = {f"plain local (no Dask, {threads} threads)": None,
+                   f"Dask, 1 worker process x {threads} threads": ("local:1", 1, threads),
+                   "Dask, 2 worker processes x 1 thread": ("local:2", 2, 1)}
+    if args.one_worker_only:  # only the overhead comparison (plain vs 1 worker): fits one CPU slot
+        configs = dict(list(configs.items())[:2])
+    names = list(configs)
+    _set_threads(threads)
     times: dict[str, list[float]] = {k: [] for k in configs}
+    cpu: dict[str, list[dict]] = {k: [] for k in configs}
+    stats: dict[str, list[dict]] = {k: [] for k in configs}
     loads: list[str] = []
     startup: dict[str, float] = {}
     # one cluster at a time (started, warmed, timed, closed), so clusters do not compete for memory
     for rep in range(args.reps):
-        order = list(configs) if rep % 2 == 0 else list(reversed(configs))
+        order = names if rep % 2 == 0 else list(reversed(names))
         for name in order:
             cfg = configs[name]
             with contextlib.ExitStack() as es:
                 ex = None
                 if cfg is not None:
                     t0 = time.perf_counter()
-                    ex = es.enter_context(open_executor(cfg[0], partitions=cfg[1]))
+                    # partitions: ragkit's default (a multiple of the workers, <= 50k documents each) unless --partitions
+                    ex = es.enter_context(open_executor(cfg[0], partitions=args.partitions or None))
                     startup[name] = min(startup.get(name, 1e9), time.perf_counter() - t0)
-                if True:  # warm the worker (imports; dense: the model, once per worker) before timing
-                    p.build_index(docs[:8], executor=ex, progress=False)
+                    ex.client.run(_set_threads, cfg[2])
+                # warm the workers (imports; dense: the model, once per worker) before timing
+                p.build_index(docs[: 8 * (cfg[1] if cfg else 1)], executor=ex, progress=False)
                 loads.append(load())
+                w0 = ex.client.run(_cpu_s) if ex is not None else {}
+                c0 = _cpu_s()
                 t0 = time.perf_counter()
                 st = p.build_index(docs, progress=False, executor=ex)
                 times[name].append(time.perf_counter() - t0)
-            print(f"{name}: {times[name][-1]:.2f} s  {st}", flush=True)
+                c1 = _cpu_s()
+                w1 = ex.client.run(_cpu_s) if ex is not None else {}
+                cpu[name].append({"client_cpu_s": round(c1 - c0, 2),
+                                  "workers_cpu_s": round(sum(w1[w] - w0[w] for w in w1 if w in w0), 2)})
+                stats[name].append(st)
+            print(f"{name}: {times[name][-1]:.2f} s  cpu {cpu[name][-1]}  {st}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
     best = {k: min(v) for k, v in times.items()}
-    plain = best["plain local (no Dask)"]
-    rows = [f"| {k} | {best[k]:.2f} | {args.n / best[k]:,.0f} | {best[k] / plain:.3f}x | "
-            f"{startup.get(k, 0):.1f} |" for k in configs]
+    plain, one, two = (best[k] for k in names) if len(names) == 3 else (*(best[k] for k in names), float("nan"))
+    rows = [f"| {k} | {best[k]:.2f} | {args.n / best[k]:,.1f} | {best[k] / plain:.3f}x | {startup.get(k, 0):.1f} | "
+            f"{cpu[k][times[k].index(best[k])]['client_cpu_s']:.1f} | {cpu[k][times[k].index(best[k])]['workers_cpu_s']:.1f} |"
+            for k in configs]
+    cmd = " ".join([os.environ.get("BENCH_PREFIX", "/work/wt/cpu -2") + " .venv/bin/python benchmarks/bench_scale.py"]
+                   + sys.argv[1:])
     res = {"part": "throughput", "kind": args.kind, "n": args.n, "reps": args.reps, "times_s": times,
-           "best_s": best, "startup_s": startup, "load_during": loads, "env": env(),
-           "command": " ".join(["nice -n 10 .venv/bin/python benchmarks/bench_scale.py"] + sys.argv[1:])}
+           "best_s": best, "startup_s": startup, "cpu": cpu, "stats": stats, "load_during": loads, "env": env(),
+           "backend": args.backend, "max_chars": args.max_chars, "threads": threads, "command": cmd}
     stem = f"scale_throughput_{args.kind}{args.suffix}"
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    what = ("(the real data sets, repeated with new ids; see the script's docstring). BM25 defaults."
+            if args.kind == "bm25" else
+            f"(MiniLM, `backend: {args.backend}`, flat, embedding cache off"
+            + (f", each passage cut to its first {args.max_chars} characters" if args.max_chars else "") + ").")
     md = [f"# Index throughput: plain local vs Dask with 1 and 2 worker processes ({args.kind})", "",
-          f"Command: `{res['command']}`. {args.n:,} passages "
-          + ("(the real data sets, repeated with new ids; see the script's docstring). BM25 defaults."
-             if args.kind == "bm25" else "(MiniLM, flat, embedding cache off)."),
-          f"Best of {args.reps}, alternating order; each cluster is started, warmed (a build of 8 passages: imports, model) and closed around its run "
-          f"(start-up reported apart, not in the build time). "
-          f"Load average (1/5/15 min) at each run: {', '.join(loads)}; the machine is shared with other "
-          f"jobs, so compare rows of the same run.", "",
-          "| path | best s | passages/s | vs plain | cluster start-up s |", "|---|---|---|---|---|", *rows, "",
-          f"Overhead of the distributed path with 1 worker: "
-          f"{(best['Dask, 1 worker process'] / plain - 1) * 100:+.1f}% (target < 10%). "
-          f"Speed-up of 2 worker processes over 1: {best['Dask, 1 worker process'] / best['Dask, 2 worker processes']:.2f}x.",
-          "", "All runs (s): " + "; ".join(f"{k}: {', '.join(f'{x:.2f}' for x in v)}" for k, v in times.items())]
+          f"Command: `{cmd}`. {args.n:,} passages {what}",
+          f"Dask partitions: {'ragkit default (a multiple of the workers, at most 50,000 documents each)' if not args.partitions else args.partitions}; shards per run in the breakdown below. "
+          f"Best of {args.reps}, alternating order; each cluster is started, warmed (a small build: imports, model) "
+          f"and closed around its run (start-up reported apart, not in the build time). CPU s: CPU time of the "
+          f"client process and of the worker processes during the best run. "
+          f"Load average (1/5/15 min) at each run: {', '.join(loads)}.", "",
+          "| path | best s | passages/s | vs plain | cluster start-up s | client CPU s | workers CPU s |",
+          "|---|---|---|---|---|---|---|", *rows, "",
+          f"Overhead of the distributed path with 1 worker: {(one / plain - 1) * 100:+.1f}% (target < 10%). "
+          f"Speed-up of 2 worker processes over 1: {one / two:.2f}x.",
+          "", "All runs (s): " + "; ".join(f"{k}: {', '.join(f'{x:.2f}' for x in v)}" for k, v in times.items()),
+          "", "Where the time goes (best run of each Dask path; `*_compute_s` is time inside the worker's task, the "
+          "rest of `map_s` / `build_s` is shipping and scheduling): "
+          + "; ".join(f"{k}: " + ", ".join(f"{m}={stats[k][times[k].index(best[k])].get(m)}" for m in
+                                           ("shards", "map_s", "map_compute_s", "build_s", "build_compute_s",
+                                            "write_s", "shards_written_by_workers"))
+                      for k in names[1:])]
     (OUT / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
@@ -275,6 +333,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["throughput", "exact", "ann"])
     ap.add_argument("--kind", choices=["bm25", "dense"], default="bm25")
+    ap.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch", help="throughput, dense")
+    ap.add_argument("--max-chars", type=int, default=0, help="throughput: cut each passage to this many characters")
+    ap.add_argument("--partitions", type=int, default=0, help="throughput: partitions of the Dask runs (0 = default)")
+    ap.add_argument("--one-worker-only", action="store_true", help="throughput: plain vs 1 worker only")
+    ap.add_argument("--threads", type=int, default=0, help="throughput: intra-op threads of the plain path and "
+                                                           "of the 1-worker dense run (0 = one per CPU)")
     ap.add_argument("--n", type=int, default=105_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--shards", type=int, default=4)

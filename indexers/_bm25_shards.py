@@ -136,20 +136,31 @@ def shard_build(partial: dict, remap: np.ndarray, glob: dict) -> dict:
             "texts": partial["texts"], "titles": partial["titles"]}
 
 
+def shard_save(d: Path, p: dict, store_text: bool) -> dict:
+    """Write one shard folder (arrays + document store; on the worker that built it where it sees the
+    temporary folder); returns the small record :func:`shard_write` needs."""
+    from ragkit.artifacts import content_hash
+
+    d.mkdir()  # not parents: the temporary folder is gone if the build was abandoned
+    for name in ("data", "indices", "indptr", "order"):
+        np.save(d / f"{name}.npy", p[name])
+    titles = p["titles"] if any(t for t in p["titles"]) else None
+    DocStore.write(d, p["ids"], p["doc_ids"], p["texts"] if store_text else [""] * len(p["ids"]), titles)
+    h = content_hash(zip(p["ids"], p["doc_ids"], p["texts"]))
+    return {"saved": True, "name": d.name, "count": len(p["ids"]), "nnz": int(len(p["data"])), "content_hash": h}
+
+
 def shard_write(tmp: Path, payloads: list[dict], glob: dict, params: dict, store_text: bool) -> None:
-    """Write the sharded index into ``tmp`` (a folder from atomic_folder); the manifest last."""
+    """Write the sharded index into ``tmp`` (a folder from atomic_folder); the manifest last. Each
+    payload is a built shard, or the record of a shard a worker already saved (``"saved"``)."""
     from ragkit.artifacts import content_hash
 
     shards = []
     for i, p in enumerate(payloads):
-        d = tmp / shard_name(i)
-        d.mkdir()
-        for name in ("data", "indices", "indptr", "order"):
-            np.save(d / f"{name}.npy", p[name])
-        titles = p["titles"] if any(t for t in p["titles"]) else None
-        DocStore.write(d, p["ids"], p["doc_ids"], p["texts"] if store_text else [""] * len(p["ids"]), titles)
-        h = content_hash(zip(p["ids"], p["doc_ids"], p["texts"]))
-        shards.append({"name": shard_name(i), "count": len(p["ids"]), "nnz": int(len(p["data"])), "content_hash": h})
+        rec = p if p.get("saved") else shard_save(tmp / shard_name(i), p, store_text)
+        if rec["name"] != shard_name(i) or not (tmp / rec["name"]).is_dir():
+            raise IndexArtifactError(f"{tmp}: shard #{i} was not written where expected ({rec['name']}).")
+        shards.append({k: rec[k] for k in ("name", "count", "nnz", "content_hash")})
     (tmp / "vocab.json").write_text(json.dumps(glob["client_vocab"], ensure_ascii=False), encoding="utf-8")
     if glob["nonocc"] is not None:
         np.save(tmp / "nonoccurrence.npy", np.asarray(glob["nonocc"], dtype=np.float32))
@@ -203,35 +214,53 @@ class ShardedBM25Index:
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = True, expect_shards: int | None = None) -> "ShardedBM25Index":
-        from .bm25 import FORMAT, BM25Index, _plain
-
         folder = Path(folder)
-        params = read_params(folder, expect_key=KEY)
-        if params.get("format") != FORMAT:
-            raise IndexArtifactError(f"{folder}: BM25 index format {params.get('format')!r}, this ragkit reads "
-                                     f"format {FORMAT}; rebuild the index.")
-        manifest = read_shard_manifest(folder, expect_stage=KEY, expect_shards=expect_shards)
-        try:
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexArtifactError(f"{folder}: missing or corrupt vocab.json ({exc}); rebuild the index.") from None
-        nonocc = _plain(load_array(folder, "nonoccurrence.npy", mmap=mmap)) \
-            if params["method"] in ("bm25l", "bm25+") else None
+        params, vocab, manifest = load_head(folder, expect_shards)
+        nonocc = load_nonocc(folder, params, mmap)
         vocab_ids = {t: i for i, t in enumerate(vocab)}
-        shards = []
-        for s in manifest["shards"]:
-            d = folder / s["name"]
-            data, indices, indptr, order = (_plain(load_array(d, f"{a}.npy", mmap=mmap))
-                                            for a in ("data", "indices", "indptr", "order"))
-            store = DocStore.load(d)
-            if len(indptr) != len(vocab) + 1 or len(order) != len(store) or len(store) != s["count"] \
-                    or len(data) != len(indices) or int(indptr[-1]) != len(data):
-                raise IndexArtifactError(f"{d}: corrupt BM25 shard ({len(store)} texts, {len(order)} order entries "
-                                         f"for {s['count']} units; {len(indptr)} column pointers for a vocabulary of "
-                                         f"{len(vocab)}); rebuild the index.")
-            shards.append(BM25Index(params, data, indices, indptr, nonocc, vocab, order, store.ids, store.doc_ids,
-                                    titles=store.titles, docstore=store, vocab_ids=vocab_ids))
+        shards = [load_shard(folder, s, params, vocab, vocab_ids, nonocc, mmap) for s in manifest["shards"]]
         return cls(params, shards, vocab, manifest)
+
+
+def load_head(folder: Path, expect_shards: int | None = None) -> tuple[dict, list[str], dict]:
+    """What every reader of a sharded BM25 folder needs first: params, global vocabulary, checked manifest."""
+    from .bm25 import FORMAT
+
+    params = read_params(folder, expect_key=KEY)
+    if params.get("format") != FORMAT:
+        raise IndexArtifactError(f"{folder}: BM25 index format {params.get('format')!r}, this ragkit reads "
+                                 f"format {FORMAT}; rebuild the index.")
+    manifest = read_shard_manifest(folder, expect_stage=KEY, expect_shards=expect_shards)
+    try:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexArtifactError(f"{folder}: missing or corrupt vocab.json ({exc}); rebuild the index.") from None
+    return params, vocab, manifest
+
+
+def load_nonocc(folder: Path, params: dict, mmap: bool) -> Any:
+    from .bm25 import _plain
+
+    return _plain(load_array(folder, "nonoccurrence.npy", mmap=mmap)) if params["method"] in ("bm25l", "bm25+") \
+        else None
+
+
+def load_shard(folder: Path, s: dict, params: dict, vocab: list[str], vocab_ids: dict, nonocc: Any,
+               mmap: bool) -> Any:
+    """One shard (the manifest's entry ``s``) as a BM25Index over the global vocabulary."""
+    from .bm25 import BM25Index, _plain
+
+    d = folder / s["name"]
+    data, indices, indptr, order = (_plain(load_array(d, f"{a}.npy", mmap=mmap))
+                                    for a in ("data", "indices", "indptr", "order"))
+    store = DocStore.load(d)
+    if len(indptr) != len(vocab) + 1 or len(order) != len(store) or len(store) != s["count"] \
+            or len(data) != len(indices) or int(indptr[-1]) != len(data):
+        raise IndexArtifactError(f"{d}: corrupt BM25 shard ({len(store)} texts, {len(order)} order entries "
+                                 f"for {s['count']} units; {len(indptr)} column pointers for a vocabulary of "
+                                 f"{len(vocab)}); rebuild the index.")
+    return BM25Index(params, data, indices, indptr, nonocc, vocab, order, store.ids, store.doc_ids,
+                     titles=store.titles, docstore=store, vocab_ids=vocab_ids)
 
 
 def merge_topk(rows: np.ndarray, scores: np.ndarray, doc_ids: Sequence[str], ids: Sequence[str],

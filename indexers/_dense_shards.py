@@ -99,22 +99,32 @@ def index_params(stage: Any, glob: dict) -> dict:
     return out
 
 
-def shard_write(tmp: Path, payloads: list[dict], glob: dict, params: dict) -> None:
+def shard_save(d: Path, p: dict) -> dict:
+    """Write one shard folder (on the worker that built it where it sees the temporary folder)."""
     from ._faiss import DenseIndex, _faiss
 
-    faiss = _faiss()
-    shards = []
-    for i, p in enumerate(payloads):
-        titles = p["titles"] if any(t for t in p["titles"]) else None
-        idx = DenseIndex(faiss.deserialize_index(p["faiss"]), dict(p["params"]), p["ids"], p["chunk_ids"],
-                         p["doc_ids"], list(p["texts"]), titles)
-        idx.save(tmp / shard_name(i))
-        shards.append({"name": shard_name(i), "count": len(p["ids"]), "content_hash": idx.params["content_hash"]})
+    titles = p["titles"] if any(t for t in p["titles"]) else None
+    idx = DenseIndex(_faiss().deserialize_index(p["faiss"]), dict(p["params"]), p["ids"], p["chunk_ids"],
+                     p["doc_ids"], list(p["texts"]), titles)
+    if not d.parent.is_dir():  # the temporary folder is gone: the build was abandoned
+        raise IndexArtifactError(f"{d.parent}: temporary index folder missing; the build was abandoned.")
+    idx.save(d)
+    return {"saved": True, "name": d.name, "count": len(p["ids"]), "content_hash": idx.params["content_hash"],
+            "nlist": int(p["params"].get("nlist") or 0), "nprobe": int(p["params"].get("nprobe") or 0)}
+
+
+def shard_write(tmp: Path, payloads: list[dict], glob: dict, params: dict) -> None:
+    """The sharded folder in ``tmp``: each payload a built shard or the record of one a worker saved."""
     from ragkit.artifacts import content_hash
 
+    recs = [p if p.get("saved") else shard_save(tmp / shard_name(i), p) for i, p in enumerate(payloads)]
+    shards = []
+    for i, rec in enumerate(recs):
+        if rec["name"] != shard_name(i) or not (tmp / rec["name"]).is_dir():
+            raise IndexArtifactError(f"{tmp}: shard #{i} was not written where expected ({rec['name']}).")
+        shards.append({k: rec[k] for k in ("name", "count", "content_hash")})
     if params.get("index_type") in ("ivf", "ivfpq"):  # lists per shard (auto nlist follows the shard size)
-        params = {**params, "nlist": min(int(p["params"]["nlist"]) for p in payloads),
-                  "nprobe": min(int(p["params"]["nprobe"]) for p in payloads)}
+        params = {**params, "nlist": min(r["nlist"] for r in recs), "nprobe": min(r["nprobe"] for r in recs)}
     write_params(tmp, {**params, "sharded": True, "num_shards": len(shards), "count": glob["n"],
                        "content_hash": content_hash(s["content_hash"] for s in shards)})
     write_shard_manifest(tmp, KEY, uuid.uuid4().hex, shards)

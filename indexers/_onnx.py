@@ -15,7 +15,9 @@ from the installed model folder:
    L2 normalisation, as sentence-transformers computes them.
 
 Speed and quality against the float32 PyTorch encoder are measured in ``benchmarks/bench_onnx.py``
-(results in ``benchmarks/results/onnx_encoder.md``).
+(results in ``benchmarks/results/onnx_speed.md`` and ``onnx_quality*.md``). The cross-encoder reranker uses the
+same export with its classification logits as the output (``reranker.cross_encoder`` ``backend:``;
+``onnx_rerank.md``).
 """
 from __future__ import annotations
 
@@ -60,19 +62,30 @@ def _pooling(folder: Path) -> str:
     raise ConfigError(f"{cfg}: pooling {modes} is not supported by the onnx backend (mean or cls); use backend: torch.")
 
 
-def export(folder: Path, quantize: bool) -> Path:
-    """The exported (and quantized) ONNX file for a model folder, built once into the cache."""
-    out = cache_dir() / "onnx" / _folder_key(folder, quantize)
+def export(folder: Path, quantize: bool, *, model: Any = None, key_extra: str = "") -> Path:
+    """The exported (and quantized) ONNX file for a model folder, built once into the cache.
+
+    Without ``model``: the folder's transformer (``AutoModel``), output its last hidden state (encoders).
+    With ``model`` (a loaded ``*ForSequenceClassification``, e.g. the cross-encoder; ``key_extra`` names
+    anything beyond the folder that made it, such as a LoRA adapter's base): output its logits."""
+    task = "logits" if model is not None else "hidden"
+    key = _folder_key(folder, quantize) if model is None and not key_extra else \
+        hashlib.sha256(f"{_folder_key(folder, quantize)}\x1f{task}\x1f{key_extra}".encode()).hexdigest()[:20]
+    out = cache_dir() / "onnx" / key
     model_file = out / ("model_int8.onnx" if quantize else "model.onnx")
     with _LOCK:
         if model_file.exists():
             return model_file
-        require("onnxruntime", "the onnx encoder backend")
+        require("onnxruntime", "the onnx backend")
         import torch
-        from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size > 1 else [])
+        if model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager")
+        model = model.eval()
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if getattr(model.config, "type_vocab_size", 0) > 1
+                                                   else [])
         dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
 
         class _Wrap(torch.nn.Module):
@@ -81,7 +94,8 @@ def export(folder: Path, quantize: bool) -> Path:
                 self.m = m
 
             def forward(self, *args: Any) -> Any:
-                return self.m(**dict(zip(names, args))).last_hidden_state
+                res = self.m(**dict(zip(names, args)))
+                return res.logits if task == "logits" else res.last_hidden_state
 
         with atomic_folder(out) as tmp:
             raw = tmp / "model.onnx"
@@ -91,7 +105,7 @@ def export(folder: Path, quantize: bool) -> Path:
                 warnings.filterwarnings("ignore", message="You are using the legacy TorchScript", category=DeprecationWarning)
                 torch.onnx.export(_Wrap(model), dummy, str(raw), input_names=names, output_names=["hidden"],
                                   dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names},
-                                                "hidden": {0: "batch", 1: "seq"}},
+                                                "hidden": {0: "batch"} if task == "logits" else {0: "batch", 1: "seq"}},
                                   opset_version=OPSET, dynamo=False)
             if quantize:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -100,8 +114,16 @@ def export(folder: Path, quantize: bool) -> Path:
                                  per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
                 raw.unlink()
             (tmp / "export.json").write_text(json.dumps({"source": str(folder), "opset": OPSET, "int8": quantize,
-                                                         "inputs": names}), encoding="utf-8")
+                                                         "inputs": names, "output": task}), encoding="utf-8")
         return model_file
+
+
+def session(file: Path, threads: int = 0) -> Any:
+    ort = require("onnxruntime", "the onnx backend")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoderModel:

@@ -398,6 +398,11 @@ class BM25Indexer(Stage):
 
         return shard_build(partial, part_arg, glob)
 
+    def shard_save(self, folder: Path, payload: dict) -> dict:
+        from ._bm25_shards import shard_save
+
+        return shard_save(folder, payload, self.store_text)
+
     def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
         import bm25s
 

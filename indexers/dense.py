@@ -148,6 +148,11 @@ class DenseIndexer(Stage):
 
         return shard_build(self, partial, glob)
 
+    def shard_save(self, folder: Path, payload: dict) -> dict:
+        from ._dense_shards import shard_save
+
+        return shard_save(folder, payload)
+
     def shard_write(self, tmp: Path, payloads: list[dict], glob: dict) -> None:
         from ._dense_shards import index_params, shard_write
 

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 usage or configuration error, 1 runtime error. Errors print 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -93,15 +94,24 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     p = Pipeline.from_yaml(Path(args.pipeline))
-    docs = None
-    if args.corpus:
-        from .ingest import read_documents
-
-        docs = read_documents(args.corpus, progress=_progress(args))
     executor = getattr(args, "cluster", None)
-    if getattr(args, "partitions", None) is not None and executor is None and p.executor is None:
+    partitions = getattr(args, "partitions", None)
+    if partitions is not None and executor is None and p.executor is None:
         raise ConfigError("--partitions needs --cluster (or an executor: section in the pipeline)")
-    stats = p.build_index(docs, progress=_progress(args), executor=executor, partitions=getattr(args, "partitions", None))
+    with contextlib.ExitStack() as stack:
+        if args.corpus and (executor or p.executor) is not None:
+            # connect to the cluster before reading --corpus: an unreachable scheduler fails in seconds
+            from .distributed import open_executor, shardable
+
+            shardable(p.index_stages)
+            executor = stack.enter_context(open_executor(executor or p.executor, partitions=partitions))
+            partitions = None
+        docs = None
+        if args.corpus:
+            from .ingest import read_documents
+
+            docs = read_documents(args.corpus, progress=_progress(args))
+        stats = p.build_index(docs, progress=_progress(args), executor=executor, partitions=partitions)
     if "report" in stats and not args.json:
         print(stats.pop("report"), file=sys.stderr)
     print(json.dumps(stats) if args.json else "indexed: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
@@ -387,7 +397,7 @@ def _cluster_args(sp: argparse.ArgumentParser, partitions: bool) -> None:
                          "section" + (". Indexes are written as shards" if partitions else ""))
     if partitions:
         sp.add_argument("--partitions", type=int, metavar="N",
-                        help="document partitions = index shards (default: one per worker)")
+                        help="document partitions = index shards (default: a multiple of the worker count, at most 50,000 documents each)")
 
 
 def _mount_plugins(sub, add) -> None:

@@ -67,7 +67,7 @@ class ExecutorSpec(Configurable):
     cluster: str = param("local", help="serial (in this process, sharded), local or local:N (Dask LocalCluster of "
                                        "N worker processes on 127.0.0.1; default one per CPU), tcp://HOST:PORT "
                                        "(an existing Dask scheduler)")
-    partitions: int = param(0, ge=0, help="document partitions = index shards (0 = one per worker)")
+    partitions: int = param(0, ge=0, help="document partitions = index shards (0 = a multiple of the workers, <= 50,000 documents each)")
     threads_per_worker: int = param(1, ge=1, help="threads of each local worker process")
     retries: int = param(0, ge=0, help="extra attempts for a partition whose task raised (a dead worker's "
                                        "partitions are always recomputed by Dask)")

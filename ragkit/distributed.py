@@ -12,13 +12,15 @@ Where the work runs is an *executor*:
 - a ``distributed.Client`` passed from Python.
 
 **Indexing** (``Pipeline.build_index(executor=...)``, ``ragkit index --cluster``): the documents are
-split into contiguous partitions (one per worker unless ``partitions`` says otherwise). Every
+split into contiguous partitions (a multiple of the worker count, at most 50,000 documents each, unless
+``partitions`` says otherwise). Every
 partition runs on a worker through the index stages: chunkers, then each indexer's *map* step
 (BM25 tokenization and counts, dense encoding with the model loaded once per worker process). The
 indexers reduce the small per-partition statistics on the client (BM25: global document frequencies
-and average length), each partition builds its shard on its worker with those global statistics, and
-the client writes every index as one folder of shards with a manifest, atomically. Nothing is written
-before every partition has succeeded: a partition whose worker dies is recomputed by Dask on another
+and average length), each partition builds its shard on its worker with those global statistics and
+writes the shard folder into the client's temporary index folder when it can see it (same machine or
+shared storage; else the shard travels back), and the client writes the manifest and renames every index
+folder into place, atomically. Nothing becomes visible before every partition has succeeded: a partition whose worker dies is recomputed by Dask on another
 worker (its intermediate results are re-derived from the inputs); if that keeps failing the job stops
 with a :class:`ClusterError` and the previous index folders are untouched.
 
@@ -40,6 +42,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import ConfigError, MissingDependencyError, RagkitError
 
+PARTITION_ITEMS = 50_000  # default partition size bound (documents), see Executor.n_partitions
 CLUSTER_RE = re.compile(r"^(serial|local(:[1-9][0-9]*)?|(tcp|tls)://[^\s/:]+:[0-9]{1,5})$")
 CLUSTER_HELP = ("serial (in this process), local or local:N (Dask LocalCluster of N worker processes on "
                 "127.0.0.1), tcp://HOST:PORT (an existing Dask scheduler)")
@@ -77,7 +80,15 @@ class Executor:
         return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
 
     def n_partitions(self, n_items: int) -> int:
-        want = self.partitions or self.workers
+        """``partitions`` if set; else a multiple of the worker count with at most PARTITION_ITEMS items each:
+        several partitions per worker let the next one's transfer overlap the current one's work and keep each
+        task's memory small (BM25, 105k passages, 1 worker, one run each under load: 8.35 s with 1 partition,
+        7.35 s with 3; benchmarks/results/scale_overhead_profile.md)."""
+        if self.partitions:
+            want = self.partitions
+        else:
+            w = self.workers
+            want = w * max(1, -(-n_items // (w * PARTITION_ITEMS)))
         return max(1, min(want, n_items))
 
     def submit(self, fn: Any, *args: Any) -> Any:
@@ -95,7 +106,11 @@ class Executor:
 
         try:
             return self.client.gather(futures)
-        except (distributed.KilledWorker, FutureCancelledError, asyncio.CancelledError) as exc:
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures)  # nothing keeps running (or writing) after a failure
+            if not isinstance(exc, (distributed.KilledWorker, FutureCancelledError, asyncio.CancelledError)):
+                raise
             what = str(exc.args[0]) if exc.args else "a task"
             raise ClusterError(f"a worker died (or was lost) while running {what} and the task failed on every retry (Dask "
                                f"gives up after distributed.scheduler.allowed-failures); nothing was written, the "
@@ -140,9 +155,21 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
 
     if spec.cluster.startswith("local"):
         n = int(spec.cluster.split(":")[1]) if ":" in spec.cluster else (os.cpu_count() or 1)
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=spec.threads_per_worker, processes=True,
-                                           host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None,
-                                           silence_logs=logging.ERROR)
+        import dask
+
+        # no dashboard, so no use for the workers' statistical profiler: it samples every thread's stack
+        # every 10 ms, taking the GIL from the task (measured: pure-Python BM25 tokenization ran ~1.5x slower
+        # on a worker than in process with it on; benchmarks/results/scale_overhead_profile.md)
+        # and glibc's own (dynamic) malloc trim threshold instead of Dask's 64 KiB, which returns freed memory
+        # to the OS so eagerly that allocation-heavy tasks page-fault it back in (BM25 at 105k passages: map +
+        # build 8.6 s -> 7.4 s on the worker); a job's workers live for that job only
+        environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.worker.profile.enabled": False,
+                              "distributed.nanny.pre-spawn-environ": environ}):
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=spec.threads_per_worker,
+                                               processes=True, host="127.0.0.1", dashboard_address=None,
+                                               worker_dashboard_address=None, silence_logs=logging.ERROR)
         try:
             with distributed.Client(cluster, set_as_default=False) as client:
                 yield Executor(client, partitions=parts, retries=spec.retries, label=f"local:{n}")
@@ -150,11 +177,21 @@ def open_executor(spec: Any = None, *, partitions: int | None = None) -> Iterato
             cluster.close()
         return
     t0 = time.monotonic()
+    # built in two steps so that a client whose connection failed can be closed at once; left to the garbage
+    # collector it waits 2 x connect_timeout in Client.__del__ before the process can exit
+    client = distributed.Client.__new__(distributed.Client)
     try:
-        client = distributed.Client(spec.cluster, timeout=spec.connect_timeout, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        client.__init__(spec.cluster, timeout=spec.connect_timeout, set_as_default=False)
+    except Exception as exc:  # noqa: BLE001 - whatever the address answered, the user needs the same advice
+        with contextlib.suppress(Exception):
+            client.close(timeout=1)
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, (OSError, TimeoutError)):
+            why = msg or type(exc).__name__
+        else:  # something listens there, but it does not speak Dask's protocol (seen: a garbage length header)
+            why = f"the address answered but not as a Dask scheduler: {type(exc).__name__}: {msg[:120]}"
         raise ClusterError(f"cannot reach the Dask scheduler at {spec.cluster} (gave up after "
-                           f"{time.monotonic() - t0:.1f} s: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
+                           f"{time.monotonic() - t0:.1f} s: {why})."
                            f" Start it with `dask scheduler` (and `dask worker {spec.cluster}` on each machine), check "
                            f"the address, or use --cluster local[:N].") from None
     try:
@@ -174,13 +211,42 @@ def _worker_tag() -> str:
         return f"this process (pid {os.getpid()})"
 
 
-def _map_partition(stages: list, docs: list, base_dir: Any, part: int) -> dict:
+PROBE_FILE = ".ragkit-shared-probe"
+
+
+def _pack(docs: list, ship: bool) -> Any:
+    """A partition as it travels to a worker: one pickled bytes object of columns (ids, texts, metas).
+
+    Bytes cross the scheduler without being unpickled and re-pickled on the way, and columns of plain
+    strings pickle ~3x faster than Document objects. In process (``ship`` false) the list itself."""
+    from .records import Document
+
+    if not ship or not all(type(d) is Document for d in docs):
+        return pickle.dumps(docs, protocol=5) if ship else docs
+    return pickle.dumps(("columns", [d.doc_id for d in docs], [d.text for d in docs], [d.meta for d in docs]),
+                        protocol=5)
+
+
+def _unpack(docs: Any) -> list:
+    if not isinstance(docs, bytes):
+        return list(docs)
+    obj = pickle.loads(docs)
+    if isinstance(obj, tuple) and obj and obj[0] == "columns":
+        from .records import Document
+
+        return [Document(i, t, m) for i, t, m in zip(obj[1], obj[2], obj[3])]
+    return list(obj)
+
+
+def _map_partition(stages: list, docs: Any, base_dir: Any, part: int) -> dict:
     """On a worker: chunk the partition and run each indexer's map step. Partials stay here."""
     from .errors import ModelNotFoundError
     from .records import as_chunks
     from .stage import CHUNKS
 
-    batch: list = list(docs)
+    t0 = time.perf_counter()
+    batch: list = _unpack(docs)
+    del docs
     out: dict = {"partials": {}, "summaries": {}, "docs": len(batch)}
     for i, s in enumerate(stages):
         s.bind_context(base_dir=base_dir, progress=False)
@@ -197,18 +263,45 @@ def _map_partition(stages: list, docs: list, base_dir: Any, part: int) -> dict:
         else:
             batch = s(batch)
     out["chunks"] = len(batch)
+    out["compute_s"] = time.perf_counter() - t0
     return out
 
 
 def _summaries(mapped: dict) -> dict:
-    return {"summaries": mapped["summaries"], "docs": mapped["docs"], "chunks": mapped["chunks"]}
+    return {"summaries": mapped["summaries"], "docs": mapped["docs"], "chunks": mapped["chunks"],
+            "compute_s": mapped["compute_s"]}
 
 
-def _build_partition(stages: list, mapped: dict, part_args: dict, globs: dict, base_dir: Any) -> dict:
-    out = {}
+def _sees(target: tuple | None) -> bool:
+    """Whether this process sees the client's temporary index folder (shared storage): its probe file."""
+    if target is None:
+        return False
+    try:
+        return (Path(target[0]) / PROBE_FILE).read_text(encoding="utf-8") == target[1]
+    except OSError:
+        return False
+
+
+def _build_partition(stages: list, mapped: dict, part_args: dict, globs: dict, base_dir: Any,
+                     targets: dict | None = None) -> dict:
+    """On a worker: build this partition's shard of every index. Where the worker sees the client's
+    temporary folder (same machine or shared storage) it writes the shard folder there itself and only
+    a small record goes back; otherwise the shard's arrays and texts go back for the client to write."""
+    t0 = time.perf_counter()
+    out: dict = {}
     for i, arg in part_args.items():
         stages[i].bind_context(base_dir=base_dir)
-        out[i] = stages[i].shard_build(mapped["partials"][i], arg, globs[i], base_dir)
+        payload = stages[i].shard_build(mapped["partials"][i], arg, globs[i], base_dir)
+        target = (targets or {}).get(i)
+        if _sees(target):
+            d = Path(target[0]) / target[2]
+            if d.exists():  # left by an earlier attempt of this task (a worker died while writing)
+                import shutil
+
+                shutil.rmtree(d)
+            payload = stages[i].shard_save(d, payload)
+        out[i] = payload
+    out["compute_s"] = time.perf_counter() - t0
     return out
 
 
@@ -230,7 +323,9 @@ def shardable(stages: Sequence[Any]) -> list[int]:
 def build_index(stages: list, documents: list, executor: Executor, *, base_dir: Any = None,
                 progress: bool | None = None) -> dict:
     """Partition ``documents``, run the index stages on the executor, write every index as shards."""
-    from .artifacts import atomic_folder
+    import secrets
+
+    from .artifacts import atomic_folder, shard_name
     from .errors import StageInputError
 
     idx_pos = shardable(stages)
@@ -239,11 +334,12 @@ def build_index(stages: list, documents: list, executor: Executor, *, base_dir: 
     t0 = time.perf_counter()
     n_parts = executor.n_partitions(len(documents))
     bounds = [len(documents) * p // n_parts for p in range(n_parts + 1)]
-    parts = [documents[bounds[p]:bounds[p + 1]] for p in range(n_parts)]
+    ship = executor.client is not None
     # stages, documents and global statistics travel inside the tasks (not scattered): the scheduler keeps
-    # them, so a partition whose worker dies can be recomputed anywhere
+    # them, so a partition whose worker dies can be recomputed anywhere; the documents as one bytes object
     stages_ref = list(stages)
-    mapped = [executor.submit(_map_partition, stages_ref, part, base_dir, p) for p, part in enumerate(parts)]
+    mapped = [executor.submit(_map_partition, stages_ref, _pack(documents[bounds[p]:bounds[p + 1]], ship), base_dir, p)
+              for p in range(n_parts)]
     sums = executor.gather([executor.submit(_summaries, m) for m in mapped])
     t_map = time.perf_counter() - t0
     globs, args = {}, {}
@@ -255,20 +351,36 @@ def build_index(stages: list, documents: list, executor: Executor, *, base_dir: 
         globs[i] = g
         args[i] = dict(zip(have, per))
     globs_ref = {i: {k: v for k, v in g.items() if not str(k).startswith("client_")} for i, g in globs.items()}
-    built = [executor.submit(_build_partition, stages_ref, mapped[p],
-                             {i: args[i][p] for i in idx_pos if p in args[i]}, globs_ref, base_dir)
-             for p in range(n_parts)]
-    payloads = executor.gather(built)
-    t_build = time.perf_counter() - t0 - t_map
-    for i in idx_pos:  # every partition succeeded: now write, each folder in one atomic rename
-        s = stages[i]
-        s.bind_context(base_dir=base_dir)
-        with atomic_folder(s.index_folder()) as tmp:
-            s.shard_write(tmp, [payloads[p][i] for p in range(n_parts) if i in payloads[p]], globs[i])
+    with contextlib.ExitStack() as stack:
+        # every index's temporary folder first: workers that see it (same machine or shared storage; a probe
+        # file tells) write their shard folders into it; nothing is visible before the atomic rename
+        tmps, targets = {}, {}
+        token = secrets.token_hex(8)
+        for i in idx_pos:
+            stages[i].bind_context(base_dir=base_dir)
+            tmps[i] = stack.enter_context(atomic_folder(stages[i].index_folder()))
+            (tmps[i] / PROBE_FILE).write_text(token, encoding="utf-8")
+            targets[i] = {p: (str(tmps[i]), token, shard_name(n)) for n, p in enumerate(args[i])}
+        built = [executor.submit(_build_partition, stages_ref, mapped[p],
+                                 {i: args[i][p] for i in idx_pos if p in args[i]}, globs_ref, base_dir,
+                                 {i: targets[i][p] for i in idx_pos if p in args[i]})
+                 for p in range(n_parts)]
+        payloads = executor.gather(built)
+        t_build = time.perf_counter() - t0 - t_map
+        shipped = 0
+        for i in idx_pos:  # every partition succeeded: now write, each folder in one atomic rename
+            s = stages[i]
+            (tmps[i] / PROBE_FILE).unlink()
+            got = [payloads[p][i] for p in args[i]]
+            shipped += sum(not x.get("saved") for x in got)
+            s.shard_write(tmps[i], got, globs[i])
     stats = {"documents": len(documents), "chunks": sum(x["chunks"] for x in sums), "mode": "sharded",
              "executor": executor.label, "workers": executor.workers, "shards": n_parts,
              "map_s": round(t_map, 4), "build_s": round(t_build, 4),
-             "write_s": round(time.perf_counter() - t0 - t_map - t_build, 4)}
+             "write_s": round(time.perf_counter() - t0 - t_map - t_build, 4),
+             "map_compute_s": round(max(x["compute_s"] for x in sums), 4),
+             "build_compute_s": round(max(x["compute_s"] for x in payloads), 4),
+             "shards_written_by_workers": sum(len(args[i]) for i in idx_pos) - shipped}
     return stats
 
 

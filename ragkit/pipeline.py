@@ -228,16 +228,18 @@ class Pipeline:
         for s in self.index_stages:
             s.bind_context(base_dir=self.base_dir, progress=progress)
         indexers = [s for s in self.index_stages if hasattr(s, "index_folder")]
-        if documents is None:
-            if self.corpus is None:
-                raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
-            from .ingest import read_corpus
-
-            documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
-        report = getattr(documents, "report", None)
-        manifest = getattr(documents, "manifest", None)
-        docs = list(documents)
+        if documents is None and self.corpus is None:
+            raise PipelineError("no documents given and the pipeline has no 'corpus:' section")
+        # connect first: an unreachable scheduler is reported within its connect_timeout, before the
+        # corpus is read (which can take minutes)
         with distributed.open_executor(executor, partitions=partitions) as ex:
+            if documents is None:
+                from .ingest import read_corpus
+
+                documents = read_corpus(self.corpus, base_dir=self.base_dir, progress=progress)
+            report = getattr(documents, "report", None)
+            manifest = getattr(documents, "manifest", None)
+            docs = list(documents)
             stats = distributed.build_index(self.index_stages, docs, ex, base_dir=self.base_dir, progress=progress)
         if report is not None:
             stats["skipped"] = len(report.skipped)

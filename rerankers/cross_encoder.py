@@ -12,14 +12,16 @@ such as all-MiniLM-L6-v2) is refused with a clear error instead of scoring with 
 
 Scoring uses transformers directly (faster here than sentence-transformers' CrossEncoder:
 pairs are tokenized once, sorted by length and padded per batch; see benchmarks/bench_rerank.py),
-under ``torch.inference_mode``, in bfloat16/float16 on GPU.
+under ``torch.inference_mode``, in bfloat16/float16 on GPU. ``backend: onnx`` / ``onnx-int8`` score with ONNX
+Runtime on the CPU instead (the checkpoint exported once to ONNX, for ``onnx-int8`` with dynamic int8
+quantization; see ``ragkit.indexers._onnx`` and ``benchmarks/results/onnx_rerank.md``).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError, ModelNotFoundError
@@ -52,6 +54,15 @@ class CrossEncoderReranker(RerankerBase):
     """monoBERT: rescore (query, passage) pairs with a sequence-classification cross-encoder."""
 
     model: str = param(help="sequence-classification checkpoint: local folder or hub id")
+    backend: Literal["torch", "onnx", "onnx-int8"] = param(
+        "torch", help="runtime: torch, or ONNX Runtime on the CPU (onnx: float32; onnx-int8: dynamic int8 "
+                      "quantization of the MatMul/Gemm weights); the model is exported once into the cache")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.backend != "torch" and self.device not in ("cpu", "auto"):
+            raise ConfigError(f"'{self.key}': backend {self.backend!r} runs on the CPU (ONNX Runtime); parameter "
+                              f"'device' is {self.device!r}. Use device: cpu or backend: torch.")
 
     def _setup(self) -> None:
         torch = require("torch", "cross-encoder reranking")
@@ -85,8 +96,21 @@ class CrossEncoderReranker(RerankerBase):
         if n not in (1, 2):
             raise ConfigError(f"'{self.key}': checkpoint {self.model!r} has a {n}-class head; a relevance "
                               f"cross-encoder has 1 output (a logit) or 2 (not relevant, relevant).")
-        dev = pick_device(self.device)
-        model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
+        self._onnx = None
+        if self.backend != "torch":
+            from ragkit.indexers._onnx import export, session, thread_count
+
+            key_extra = ""
+            if adapter is not None:  # a LoRA adapter merged into its base: the base's files are part of the model
+                key_extra = str(json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+                                .get("base_model_name_or_path"))
+            f = export(Path(path), self.backend == "onnx-int8", model=model.float(), key_extra=key_extra)
+            self._onnx = session(f, thread_count())
+            self._onnx_inputs = [i.name for i in self._onnx.get_inputs()]
+            dev = "cpu"
+        else:
+            dev = pick_device(self.device)
+            model = model.to(device=dev, dtype=pick_dtype(self.dtype, dev)).eval()
         self._tok, self._model, self._dev, self._torch = tok, model, dev, torch
         self._n_special = tok.num_special_tokens_to_add(pair=True)
 
@@ -170,8 +194,12 @@ class CrossEncoderReranker(RerankerBase):
         kw: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
         if tt is not None:
             kw["token_type_ids"] = tt.to(dev)
-        with torch.inference_mode():
-            logits = model(**kw).logits.float()
+        if self._onnx is not None:
+            feed = {n: kw[n].numpy() if n in kw else torch.zeros_like(ids).numpy() for n in self._onnx_inputs}
+            logits = torch.from_numpy(self._onnx.run(None, feed)[0]).float()
+        else:
+            with torch.inference_mode():
+                logits = model(**kw).logits.float()
         if logits.shape[-1] == 1:
             return logits[:, 0].tolist()
         return torch.log_softmax(logits, dim=-1)[:, 1].tolist()

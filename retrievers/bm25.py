@@ -15,6 +15,8 @@ loading fails with an IndexArtifactError naming every difference.
 
 A sharded index (``ragkit index --cluster``, see :mod:`ragkit.indexers._bm25_shards`) opens the
 same way: every shard is searched and the top ``k`` merged, exactly as one index ranks and scores.
+With ``cluster:`` the shards are searched on a Dask cluster's workers instead, each loaded once per
+worker, for an index larger than this machine's memory (:mod:`ragkit.shard_search`); same results.
 
 After ``setup()`` the retriever only reads (memory-mapped) arrays, so one instance can serve
 several threads at once.
@@ -27,9 +29,10 @@ from ragkit.artifacts import check_params, resolve_path
 from ragkit.errors import IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
+from ragkit.shard_search import check_remote
 from ragkit.stage import Retriever, param
 
-from ragkit.indexers._tokenize import Tokenizer
+from ragkit.indexers._tokenize import Tokenizer, TokenizerConfig
 from ragkit.indexers.bm25 import KEY as INDEX_KEY
 from ragkit.indexers._bm25_shards import load_bm25
 from ragkit.indexers.bm25 import BM25Index, Method, validate_pattern
@@ -41,6 +44,8 @@ _TOKENIZER = ("lowercase", "stopwords", "stemmer", "token_pattern")
 @register("retriever.bm25")
 class BM25Retriever(Retriever):
     """BM25 retrieval from an indexer.bm25 folder (bm25s score matrix, memory-mapped)."""
+
+    _remote = None
 
     index: str = param(help="folder written by indexer.bm25")
     k: int = param(100, ge=1, help="hits returned per query")
@@ -57,10 +62,14 @@ class BM25Retriever(Retriever):
     token_pattern: str | None = param(None, help="must equal the index's (default: as built)")
     shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
                                                "built with; a different count is an error)")
+    cluster: str | None = param(None, help="search a sharded index's shards on the workers of this Dask cluster "
+                                           "(tcp://HOST:PORT, local[:N]); each worker loads its shards once and "
+                                           "must read the index folder at the same path")
 
     def validate(self) -> None:
         if self.token_pattern is not None:
             validate_pattern(self.key, self.token_pattern)
+        check_remote(self.cluster, self.key)
 
 
     def wanted_params(self) -> dict[str, Any]:
@@ -71,6 +80,9 @@ class BM25Retriever(Retriever):
 
     def _setup(self) -> None:
         folder = resolve_path(self.index, self._base_dir)
+        self._remote = None
+        if self.cluster:
+            return self._setup_remote(folder)
         idx = load_bm25(folder, mmap=self.mmap, expect_shards=self.shards)
         stored = {n: idx.params.get(n) for n in _SCORING}
         stored |= {f"tokenizer.{n}": v for n, v in idx.params.get("tokenizer", {}).items()}
@@ -81,12 +93,42 @@ class BM25Retriever(Retriever):
         self._idx = idx
         self._tok = Tokenizer(idx.tokenizer_config)
 
+    def _setup_remote(self, folder: Any) -> None:
+        """Shards searched on the cluster's workers; here only the vocabulary and the manifest."""
+        from ragkit.artifacts import is_sharded
+        from ragkit.indexers._bm25_shards import load_head
+        from ragkit.shard_search import ShardWorkers
+
+        if not is_sharded(folder):
+            raise IndexArtifactError(f"{folder}: 'cluster' searches the shards of a sharded index on workers; this "
+                                     f"is a single index. Build it with `ragkit index --cluster ...` or drop 'cluster'.")
+        params, vocab, manifest = load_head(folder, self.shards)
+        stored = {n: params.get(n) for n in _SCORING}
+        stored |= {f"tokenizer.{n}": v for n, v in params.get("tokenizer", {}).items()}
+        check_params(folder, stored, self.wanted_params())
+        if self.text and not params.get("store_text", True):
+            raise IndexArtifactError(f"{folder}: the index was built with store_text: false, so `text: true` "
+                                     f"has no texts to give; rebuild it with store_text: true or drop text: true.")
+        self._vocab_ids = {t: i for i, t in enumerate(vocab)}
+        self._tok = Tokenizer(TokenizerConfig.from_dict(params["tokenizer"]))
+        self._remote = ShardWorkers(self.cluster, folder, "bm25", manifest, mmap=self.mmap)
+
+    def _run_remote(self, batch: list[Query]) -> list[Ranking]:
+        terms = [self._tok.encode_query(q.text or "", self._vocab_ids) for q in batch]
+        merged = self._remote.search(terms, self.k, with_text=self.text)
+        return [Ranking(q, tuple(Hit(q.qid, d, s, rank, t if self.text else None, c,
+                                     {"title": ti} if self.text and ti else {})
+                                 for rank, (s, d, c, t, ti) in enumerate(m)))
+                for q, m in zip(batch, merged)]
+
     def search_ids(self, text: str) -> tuple[Any, Any]:
         """Rows and scores of one query text (after setup)."""
         idx: BM25Index = self._idx
         return idx.search(self._tok.encode_query(text, idx.vocab_ids), self.k)
 
     def run(self, batch: list[Query]) -> list[Ranking]:
+        if self._remote is not None:
+            return self._run_remote(batch)
         idx: BM25Index = self._idx
         tok: Tokenizer = self._tok
         vocab, ids, doc_ids, k, with_text = idx.vocab_ids, idx.ids, idx.doc_ids, self.k, self.text

@@ -5,7 +5,8 @@ The encoder, normalisation and query prefix come from the index folder's ``param
 (IVF) and ``ef_search`` (HNSW) override the index's defaults per query; ``mmap: true`` memory-maps
 the FAISS index and texts instead of reading them into memory. A sharded index (``ragkit index
 --cluster``) opens the same way; its shards' top-k are merged by (score, doc_id, chunk_id), which for
-``flat`` shards is exactly the single flat index's result.
+``flat`` shards is exactly the single flat index's result. With ``cluster:`` the shards are searched on
+a Dask cluster's workers (each loaded once per worker; :mod:`ragkit.shard_search`), same results.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ragkit.artifacts import resolve_path
 from ragkit.errors import ConfigError, IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
+from ragkit.shard_search import check_remote
 from ragkit.stage import Retriever, param
 
 INDEX_KEY = "indexer.dense"
@@ -30,6 +32,34 @@ def hits_from_rows(q: Query, scores, rows, idx, with_text: bool) -> Ranking:
         hits.append(Hit(q.qid, idx.doc_ids[r], float(s), 0, idx.text(r) if with_text else None,
                         idx.chunk_ids[r], {"title": title} if title else {}))
     return Ranking(q, tuple(hits))
+
+
+class _RemoteHead:
+    """What the client of a sharded index searched on workers holds: params and manifest, no vectors."""
+
+    def __init__(self, params: dict, manifest: dict) -> None:
+        self.params, self.manifest = params, manifest
+
+    @classmethod
+    def open(cls, folder, expect_shards):
+        from ragkit.artifacts import is_sharded, read_params, read_shard_manifest
+
+        if not is_sharded(folder):
+            raise IndexArtifactError(f"{folder}: 'cluster' searches the shards of a sharded index on workers; this "
+                                     f"is a single index. Build it with `ragkit index --cluster ...` or drop 'cluster'.")
+        return cls(read_params(folder, expect_key=INDEX_KEY),
+                   read_shard_manifest(folder, expect_stage=INDEX_KEY, expect_shards=expect_shards))
+
+    @property
+    def kind(self) -> str:
+        return self.params["index_type"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.params["dim"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["total"])
 
 
 @register("retriever.dense")
@@ -49,6 +79,14 @@ class DenseRetriever(Retriever):
                                                                     "backend that built the index)")
     shards: int | None = param(None, ge=1, help="expected shard count of the index (default: whatever it was "
                                                "built with; a different count is an error)")
+    cluster: str | None = param(None, help="search a sharded index's shards on the workers of this Dask cluster "
+                                           "(tcp://HOST:PORT, local[:N]); each worker loads its shards once and "
+                                           "must read the index folder at the same path")
+
+    _remote = None
+
+    def validate(self) -> None:
+        check_remote(self.cluster, self.key)
 
 
 
@@ -59,7 +97,11 @@ class DenseRetriever(Retriever):
 
         base = self._base_dir
         folder = resolve_path(self.index, base)
-        idx = load_dense(folder, mmap=self.mmap, expect_shards=self.shards)
+        self._remote = None
+        if self.cluster:
+            idx = _RemoteHead.open(folder, self.shards)
+        else:
+            idx = load_dense(folder, mmap=self.mmap, expect_shards=self.shards)
         p = idx.params
         if idx.kind in ("ivf", "ivfpq") and self.nprobe > int(p["nlist"]):
             raise ConfigError(f"'retriever.dense': parameter 'nprobe' is {self.nprobe}, larger than the index's "
@@ -84,7 +126,11 @@ class DenseRetriever(Retriever):
         if enc.dim != idx.dim:
             raise IndexArtifactError(f"{folder}: dimension mismatch: index vectors are {idx.dim}-d, encoder "
                                      f"{enc.model_id!r} gives {enc.dim}-d. Rebuild the index with this encoder.")
-        if self.device == "cuda":
+        if self.cluster:
+            from ragkit.shard_search import ShardWorkers
+
+            self._remote = ShardWorkers(self.cluster, folder, "dense", idx.manifest, mmap=self.mmap)
+        elif self.device == "cuda":
             idx.to_gpu()
         self._idx = idx
         self._enc = enc
@@ -94,5 +140,10 @@ class DenseRetriever(Retriever):
         if len(idx) == 0:
             return [Ranking(q) for q in batch]
         qv = enc.encode_queries([q.text for q in batch])
+        if self._remote is not None:
+            merged = self._remote.search(list(qv), self.k, with_text=self.text,
+                                         opts={"nprobe": self.nprobe, "ef_search": self.ef_search})
+            return [Ranking(q, tuple(Hit(q.qid, d, s, 0, t if self.text else None, c, {"title": ti} if ti else {})
+                                     for s, d, c, t, ti in m)) for q, m in zip(batch, merged)]
         scores, rows = idx.search(qv, self.k, nprobe=self.nprobe, ef_search=self.ef_search)
         return [hits_from_rows(q, s, r, idx, self.text) for q, s, r in zip(batch, scores, rows)]

@@ -55,3 +55,42 @@ def test_index_records_backend_and_retriever_uses_it(tmp_path):
     # explicit float32 query encoder against int8 document vectors also works
     assert Pipeline([DenseRetriever(index=str(tmp_path / "i"), k=2, backend="torch")]).search(
         "a cat on a mat").hits[0].doc_id == "d0"
+
+
+# -- the cross-encoder reranker on ONNX Runtime -------------------------------------------------------------
+
+PAIRS = [("who wrote the book", "the book was written by a man in the city"),
+         ("where is the city", "a city by the river"), ("what is the river", "short"),
+         ("who wrote the book", "the river runs " * 40)]
+
+
+@pytest.mark.parametrize("labels", [1, 2])
+def test_cross_encoder_onnx_matches_torch(tmp_path, labels):
+    pytest.importorskip("onnxruntime")
+    from ragkit.rerankers.cross_encoder import CrossEncoderReranker
+
+    from ._tiny_models import tiny_bert
+
+    folder = str(tiny_bert(tmp_path / "ce", num_labels=labels, seed=3))
+    q, p = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    ref, _ = CrossEncoderReranker(model=folder, device="cpu").score_pairs(q, p)
+    f32, _ = CrossEncoderReranker(model=folder, backend="onnx").score_pairs(q, p)
+    assert np.abs(np.asarray(ref) - np.asarray(f32)).max() < 1e-4  # the same graph in another runtime
+    i8 = CrossEncoderReranker(model=folder, backend="onnx-int8")
+    got, _ = i8.score_pairs(q, p)
+    assert np.isfinite(got).all() and np.abs(np.asarray(ref) - np.asarray(got)).max() < 0.1
+    assert i8.changed_config()["backend"] == "onnx-int8"  # the pipeline's YAML records the runtime
+    from ragkit.artifacts import cache_dir
+
+    exported = sorted((cache_dir() / "onnx").iterdir())
+    again, _ = CrossEncoderReranker(model=folder, backend="onnx-int8").score_pairs(q, p)
+    assert sorted((cache_dir() / "onnx").iterdir()) == exported and again == got  # exported once, reused
+
+
+def test_cross_encoder_backend_checked():
+    from ragkit.rerankers.cross_encoder import CrossEncoderReranker
+
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        CrossEncoderReranker(model="x", backend="onnx", device="cuda")
+    with pytest.raises(ConfigError, match="backend"):
+        CrossEncoderReranker(model="x", backend="tensorrt")

@@ -120,6 +120,39 @@ def test_layout_errors(tmp_path):
         Pipeline([DenseRetriever(index=str(tmp_path / "s2" / "dense"))]).setup()
 
 
+def test_search_shards_through_shard_workers_in_process(tmp_path):
+    """cluster: serial runs the search-on-workers code (shard placement, per-shard answers, client merge)
+    in this process: identical to the local sharded search and, for BM25, to the single index."""
+    docs, queries = sample()
+    build(tmp_path, "one", docs)
+    build(tmp_path, "s3", docs, executor="serial", partitions=3)
+    for cls, folder in ((BM25Retriever, "bm25"), (DenseRetriever, "dense")):
+        local = rankings(cls, tmp_path / "s3" / folder, queries, k=30)
+        assert sum(map(len, local)) > 0
+        assert rankings(cls, tmp_path / "s3" / folder, queries, k=30, cluster="serial") == local
+    assert rankings(BM25Retriever, tmp_path / "one" / "bm25", queries, k=30) == \
+        rankings(BM25Retriever, tmp_path / "s3" / "bm25", queries, k=30, cluster="serial")
+    a = Pipeline([BM25Retriever(index=str(tmp_path / "s3" / "bm25"), k=5, text=True)]).run(queries[:3])
+    b = Pipeline([BM25Retriever(index=str(tmp_path / "s3" / "bm25"), k=5, text=True, cluster="serial")]).run(queries[:3])
+    assert [[(h.doc_id, h.text, h.meta) for h in r.hits] for r in a] == \
+        [[(h.doc_id, h.text, h.meta) for h in r.hits] for r in b]
+    with pytest.raises(IndexArtifactError, match="this is a single index"):
+        Pipeline([BM25Retriever(index=str(tmp_path / "one" / "bm25"), cluster="serial")]).setup()
+    with pytest.raises(IndexArtifactError, match="this is a single index"):
+        Pipeline([DenseRetriever(index=str(tmp_path / "one" / "dense"), cluster="serial")]).setup()
+    with pytest.raises(IndexArtifactError, match="has 3 shards, the retriever was told shards=2"):
+        Pipeline([DenseRetriever(index=str(tmp_path / "s3" / "dense"), cluster="serial", shards=2)]).setup()
+    with pytest.raises(ConfigError, match="search shards on workers"):
+        BM25Retriever(index="x", cluster="http://nowhere")
+    # a worker that reads another build of the folder than the client's manifest names (a stale copy)
+    from ragkit.shard_search import _open
+
+    with pytest.raises(IndexArtifactError, match="sees another version of the index folder"):
+        _open("bm25", str(tmp_path / "s3" / "bm25"), "shard-00000", "another-build", 1, True)
+    with pytest.raises(IndexArtifactError, match="at the same path"):
+        _open("dense", str(tmp_path / "elsewhere"), "shard-00000", "b", 1, False)
+
+
 def test_executor_yaml_round_trip_and_bad_cluster():
     text = """version: 1
 index:
@@ -155,6 +188,79 @@ def test_unreachable_scheduler_fails_fast(tmp_path):
         p.build_index(docs, executor=ExecutorSpec(cluster="tcp://127.0.0.1:9", connect_timeout=1), progress=False)
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "b").exists()
+
+
+def test_unreachable_scheduler_reported_before_the_corpus_is_read(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    import ragkit.ingest
+    from ragkit.cli import main
+    from ragkit.distributed import ClusterError
+
+    def no_read(*a, **k):
+        raise AssertionError("the corpus was read before the scheduler was reached")
+
+    monkeypatch.setattr(ragkit.ingest, "read_corpus", no_read)
+    monkeypatch.setattr(ragkit.ingest, "read_documents", no_read)
+    (tmp_path / "c.jsonl").write_text('{"doc_id": "a", "text": "alpha"}\n')
+    (tmp_path / "p.yaml").write_text("""version: 1
+corpus: {path: c.jsonl}
+index:
+  - indexer.bm25: {path: idx}
+pipeline:
+  - retriever.bm25: {index: idx}
+executor: {cluster: "tcp://127.0.0.1:9", connect_timeout: 1}
+""")
+    p = Pipeline.from_yaml(tmp_path / "p.yaml")
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        p.build_index(progress=False)  # the corpus: section
+    for argv in (["index", str(tmp_path / "p.yaml"), "-q"],
+                 ["index", str(tmp_path / "p.yaml"), "--corpus", str(tmp_path / "c.jsonl"), "-q"]):
+        assert main(argv) != 0
+        assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "idx").exists()
+
+
+def test_address_that_is_not_a_dask_scheduler(tmp_path):
+    """Something listens at the address but answers garbage (an HTTP server, a proxy): a clear ClusterError,
+    at once, not a hang or a MemoryError from a garbage length header."""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    from ragkit.distributed import ClusterError
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def answer():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 8)
+            conn.close()
+
+    th = threading.Thread(target=answer, daemon=True)
+    th.start()
+    try:
+        port = srv.getsockname()[1]
+        p = Pipeline([BM25Retriever(index=str(tmp_path / "b"))], index=[BM25Indexer(path=str(tmp_path / "b"))])
+        t0 = time.monotonic()
+        with pytest.raises(ClusterError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+            p.build_index([Document("a", "alpha")], executor=ExecutorSpec(cluster=f"tcp://127.0.0.1:{port}",
+                                                                          connect_timeout=3), progress=False)
+        assert time.monotonic() - t0 < 30
+        assert not (tmp_path / "b").exists()
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
 
 
 def test_sharded_build_refuses_unshardable_indexer(tmp_path):
@@ -358,3 +464,46 @@ eval: {{dataset: {data}, metrics: [nDCG@10]}}
     assert main(["eval", str(tmp_path / "p.yaml"), "-q", "--save", str(tmp_path / "l.json")]) == 0
     c, l = (json.loads((tmp_path / f).read_text()) for f in ("c.json", "l.json"))
     assert c["summary"] == l["summary"] and c["per_query"]["sq"]["nDCG@10"] == l["per_query"]["sq"]["nDCG@10"]
+
+
+def assert_same_up_to_ties(a, b, tol):
+    """Scores equal rank by rank (within tol) and every unit of one ranking in the other with the same
+    score, except units tied (within tol) with the last score, where the cut may pick either."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        assert all(abs(hx[2] - hy[2]) <= tol for hx, hy in zip(x, y))
+        if not x:
+            continue
+        last = min(x[-1][2], y[-1][2])
+        sx, sy = ({h[:2]: h[2] for h in r} for r in (x, y))
+        for u, sc in [*sx.items(), *sy.items()]:
+            if sc > last + tol:
+                assert u in sx and u in sy and abs(sx[u] - sy[u]) <= tol
+
+
+@pytest.mark.slow
+def test_search_shards_on_workers_equals_local_search(tmp_path, client):
+    """Shards searched on the LocalCluster's workers (127.0.0.1): each shard loaded once per worker,
+    rankings and scores identical to the local sharded search (and BM25 to the single index)."""
+    from ragkit.shard_search import shard_loads
+
+    docs, queries = sample()
+    build(tmp_path, "one", docs)
+    build(tmp_path, "s3", docs, executor="serial", partitions=3)
+    addr = client.scheduler.address
+    assert addr.startswith("tcp://127.0.0.1:")
+    before = shard_loads(client)
+    for cls, folder in ((BM25Retriever, "bm25"), (DenseRetriever, "dense")):
+        local = rankings(cls, tmp_path / "s3" / folder, queries, k=30)
+        pipe = Pipeline([cls(index=str(tmp_path / "s3" / folder), k=30, cluster=addr)])
+        half = len(queries) // 2
+        out = pipe.run(queries[:half]) + pipe.run(queries[half:])  # two query batches, shards loaded once
+        got = [[(h.doc_id, h.chunk_id, h.score) for h in r.hits] for r in out]
+        if cls is BM25Retriever:  # float64 sums of stored float32 contributions: identical in any process
+            assert got == local == rankings(BM25Retriever, tmp_path / "one" / "bm25", queries, k=30)
+        else:  # FAISS's BLAS path differs with the worker's thread count: equal up to float noise and ties
+            assert_same_up_to_ties(got, local, tol=1e-5)
+    loads = {w: n - before.get(w, 0) for w, n in shard_loads(client).items()}
+    assert sum(loads.values()) == 6  # 3 BM25 + 3 dense shards, each loaded by one worker, once
+    assert len(loads) == 2 and all(n > 0 for n in loads.values())  # spread over both workers
