@@ -11,13 +11,15 @@ An adapter folder (written by ``ragkit train-generator``) holds
 resolves, offline, to an adapter shipped with ragkit in ``ragkit/generators/adapters/<name>/``
 (:func:`shipped_adapters`). :func:`apply_adapter` refuses an adapter whose base weights differ from the
 model it is applied to (a ConfigError naming both), then merges the LoRA update into the weights
-(``W + B A * alpha / r``), so inference runs the plain model at unchanged speed. The merged model's
+(``W + B A * alpha / r``, :func:`merge_lora`, without peft), so inference runs the plain model at
+unchanged speed. The merged model's
 :class:`ragkit.models.ResolvedModel` carries the adapter's identity, so every cache keyed by the model
 (passage KV above all) keys on the tuned weights and never serves the base model's states to it.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +108,73 @@ def check_base(folder: Path, meta: dict, model: Any, resolved: Any, name: str) -
 def apply_adapter(model: Any, resolved: Any, spec: str, *, base_dir: str | Path | None = None,
                   base_name: str = "") -> tuple[Any, str]:
     """Check the adapter ``spec`` against ``model`` and merge it; returns (merged model, adapter identity)."""
-    from ._deps import require
     from .model_identity import model_identity
 
     folder = resolve_adapter(spec, base_dir)
     meta = read_meta(folder)
     check_base(folder, meta, model, resolved, base_name or resolved.name)
-    peft = require("peft", "loading a LoRA adapter", extra="lora")
+    merge_lora(model, folder)
+    return model, model_identity(folder)
+
+
+def merge_lora(model: Any, folder: Path) -> int:
+    """Merge the peft LoRA adapter in ``folder`` into ``model``'s linear weights in place:
+    ``W += B @ A * scale`` with ``scale = lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA), per target layer,
+    computed in float32 and cast to the weight's dtype. No peft needed at inference (the tests check the
+    result against peft's own ``merge_and_unload``). Returns the number of layers merged; variants that
+    are not a plain low-rank update (DoRA, biases, fan-in/fan-out layouts) are refused."""
+    from ._deps import require
+
+    torch = require("torch", "loading a LoRA adapter")
+    from safetensors.torch import load_file
+
     try:
-        tuned = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ConfigError(f"adapter {folder} could not be applied to model '{base_name}': {exc}") from exc
-    merged = tuned.merge_and_unload()
-    return merged, model_identity(folder)
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"adapter {folder}: unreadable adapter_config.json ({exc}).") from None
+    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
+        raise ConfigError(f"adapter {folder}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters are supported.")
+    for flag in ("use_dora", "fan_in_fan_out"):
+        if cfg.get(flag):
+            raise ConfigError(f"adapter {folder}: {flag} is set; only plain LoRA updates can be merged.")
+    if cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
+        raise ConfigError(f"adapter {folder}: trains biases or whole modules; only plain LoRA updates can be merged.")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    patt_r, patt_a = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    if patt_r or patt_a:
+        raise ConfigError(f"adapter {folder}: per-layer rank/alpha patterns are not supported.")
+    scale = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+    f = folder / "adapter_model.safetensors"
+    if not f.exists():
+        raise ConfigError(f"adapter {folder}: adapter_model.safetensors is missing.")
+    sd = load_file(str(f))
+    modules = dict(model.named_modules())
+    pairs: dict[str, dict[str, Any]] = {}
+    for k, v in sd.items():
+        for part in ("lora_A", "lora_B"):
+            tag = f".{part}."
+            if tag in k:
+                path = k.split(tag)[0]
+                path = path.removeprefix("base_model.model.")
+                pairs.setdefault(path, {})[part] = v
+                break
+        else:
+            raise ConfigError(f"adapter {folder}: unexpected tensor {k!r} (not a LoRA A/B matrix).")
+    n = 0
+    with torch.no_grad():
+        for path, ab in sorted(pairs.items()):
+            mod = modules.get(path)
+            if mod is None or not hasattr(mod, "weight") or set(ab) != {"lora_A", "lora_B"}:
+                raise ConfigError(f"adapter {folder}: layer {path!r} is not a linear layer of this model.")
+            W = mod.weight
+            delta = ab["lora_B"].to(W.device, torch.float32) @ ab["lora_A"].to(W.device, torch.float32)
+            if delta.shape != W.shape:
+                raise ConfigError(f"adapter {folder}: layer {path!r} update has shape {tuple(delta.shape)}, the "
+                                  f"model's weight {tuple(W.shape)}.")
+            W.copy_((W.float() + delta * scale).to(W.dtype))
+            n += 1
+    return n
 
 
 __all__ = ["adapters_root", "shipped_adapters", "resolve_adapter", "read_meta", "base_description", "check_base",
-           "apply_adapter", "META_FILE"]
+           "apply_adapter", "merge_lora", "META_FILE"]

@@ -292,3 +292,25 @@ def test_smollm2_block_training_forward_equals_plain_reuse(smol):
         out = model(input_ids=torch.tensor([ans]), position_ids=torch.arange(got.length, got.length + len(ans))[None],
                     **cache_kw(got.cache), use_cache=True)
     assert torch.allclose(logits[F:], out.logits[0], atol=ATOL * 10, rtol=1e-4)
+
+
+def test_merge_lora_equals_peft_merge_and_unload(tiny_model, tmp_path):
+    """ragkit merges adapters without peft; the result equals peft's own merge (differential test)."""
+    import copy
+
+    from ragkit.adapters import merge_lora
+
+    torch.manual_seed(5)
+    net = peft.get_peft_model(copy.deepcopy(tiny_model),
+                              peft.LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "down_proj"]))
+    for n, p in net.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)      # B starts at zero: give the update some size
+    net.save_pretrained(str(tmp_path / "ad"))
+    ref = net.merge_and_unload()
+    mine = copy.deepcopy(tiny_model)
+    assert merge_lora(mine, tmp_path / "ad") == 2 * 3
+    for (n, a), (_, b) in zip(mine.named_parameters(), ref.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), n
+    assert not torch.allclose(mine.model.layers[0].self_attn.q_proj.weight,
+                              tiny_model.model.layers[0].self_attn.q_proj.weight)
