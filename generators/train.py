@@ -177,7 +177,7 @@ def _save_adapter(net: Any, out: Path, meta: dict) -> None:
 
 
 def train_generator(output: str, *, datasets: Sequence[str] = DEFAULT_DATASETS, model: str = "smollm2-135m-instruct",
-                    examples: int = 400, passages: str = "3-5", max_passage_tokens: int = 100, neg_depth: int = 10,
+                    examples: int = 320, passages: str = "3-5", max_passage_tokens: int = 100, neg_depth: int = 10,
                     block_ratio: float = 0.5, lora_rank: int = 8, lora_alpha: int = 16,
                     lora_targets: Sequence[str] = LORA_TARGETS, full: bool = False, epochs: int = 1,
                     batch_size: int = 4, lr: float = 3e-4, warmup: float = 0.05, weight_decay: float = 0.0,
@@ -407,7 +407,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "generic folders (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder holding the shared datasets (else RAGKIT_DATA / auto)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="base causal LM: short name, folder or hub id")
-    p.add_argument("--examples", type=int, default=400, help="training examples in all, shared between datasets")
+    p.add_argument("--examples", type=int, default=320, help="training examples in all, shared between datasets")
     p.add_argument("--passages", default="3-5", help="passages per prompt: N or LOW-HIGH (gold + BM25 hard negatives)")
     p.add_argument("--max-passage-tokens", type=int, default=100,
                    help="cut passages to this many tokens (serve with the same generator.hf max_passage_tokens or more)")
