@@ -314,3 +314,23 @@ def test_merge_lora_equals_peft_merge_and_unload(tiny_model, tmp_path):
         assert torch.allclose(a, b, atol=1e-6, rtol=0), n
     assert not torch.allclose(mine.model.layers[0].self_attn.q_proj.weight,
                               tiny_model.model.layers[0].self_attn.q_proj.weight)
+
+
+@pytest.mark.model
+def test_shipped_adapter_loads_merged_and_answers_short_with_a_citation(smol, tmp_path):
+    from ragkit.adapters import shipped_adapters
+    from ragkit.generators.hf import HFGenerator
+    from ragkit.records import Hit, Query, Ranking
+
+    if "smollm2-rag" not in shipped_adapters():
+        pytest.fail("the shipped adapter generators/adapters/smollm2-rag is missing")
+    kw = dict(device="cpu", dtype="float32", max_new_tokens=24, kv_store=str(tmp_path / "kv"))
+    r = Ranking(Query("q", "What is the capital of France?"), (
+        Hit("q", "berlin", 2.0, 0, "Berlin is the capital of Germany and its largest city.", meta={"title": "Berlin"}),
+        Hit("q", "paris", 1.0, 1, "Paris is the capital and most populous city of France.", meta={"title": "Paris"})))
+    tuned = HFGenerator(adapter="smollm2-rag", **kw).setup()
+    base_w = smol[1].model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(tuned._model.model.layers[0].self_attn.q_proj.weight, base_w)
+    for mode in ("none", "plain"):
+        a = HFGenerator(adapter="smollm2-rag", kv_reuse=mode, **kw)([r])[0]
+        assert "paris" in a.text.lower() and a.citations == ("paris",) and a.meta["new_tokens"] <= 12, a.text
