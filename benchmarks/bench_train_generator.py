@@ -140,11 +140,12 @@ def quality(args) -> None:
                       "cite_any": float(bool(a.citations)), "ttft_s": round(a.timings["ttft_s"], 4),
                       "prompt_tokens": a.meta["prompt_tokens"]}
         del gen
-    res["machine"]["load_avg_end"] = os.getloadavg()
-    res["wall_s"] = round(time.time() - t_all, 1)
-    out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}.json")
-    out.write_text(json.dumps(res, indent=1))
-    print("wrote", out)
+        res["cells_done"] = [x for x in cells if x in res["seconds"]]   # written after every cell (partial runs count)
+        res["machine"]["load_avg_end"] = os.getloadavg()
+        res["wall_s"] = round(time.time() - t_all, 1)
+        out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}.json")
+        out.write_text(json.dumps(res, indent=1))
+        print("wrote", out)
     for c in cells:
         print(c, {m: round(100 * statistics.mean(r[c][m] for r in res["items"].values()), 1)
                   for m in ("EM", "F1", "EM-in", "cite_gold")})
@@ -154,6 +155,7 @@ METRICS = ("EM", "F1", "EM-in", "cite_gold", "cite_any")
 
 
 def report(args) -> None:
+    from ragkit.eval.metrics import answer_score
     from ragkit.eval.significance import compare
 
     lines = ["# Block fine-tuning (`ragkit train-generator`): measured results", "",
@@ -161,7 +163,9 @@ def report(args) -> None:
              "SmolLM2-135M-Instruct, float32, one torch thread, greedy decoding (max 32 new tokens, stop at a newline); "
              "questions held out of training. Figures are percentages; n = questions per cell (the same questions "
              "in every cell of a set). Paired tests over the same questions: t-test and randomization test "
-             "(ragkit.eval.significance.compare).", ""]
+             "(ragkit.eval.significance.compare). Answer metrics ignore citation markers ([1]) in the answer "
+             "(ragkit.eval.metrics.answer_score); 'cites gold' = the answer cites the gold passage's number. "
+             "Time to first token: train_generator_ttft.json (bench_kv.py's harness, one prompt at a time).", ""]
     sets: dict = {}
     for f in sorted(RES.glob("train_generator_*_*.json")):
         d = json.loads(f.read_text())
@@ -169,9 +173,13 @@ def report(args) -> None:
             continue
         s = sets.setdefault(d["set"], {"items": {}, "commands": [], "seconds": {}, "n": {}})
         s["commands"].append(d["command"])
-        for c in d["cells"]:
+        for c in d.get("cells_done", d["cells"]):
             s["seconds"][c] = d["seconds"].get(c)
         for q, rec in d["items"].items():
+            for c in d.get("cells_done", d["cells"]):     # answer metrics recomputed from the stored texts
+                if c in rec:
+                    for m in ("EM", "F1", "EM-in"):
+                        rec[c][m] = answer_score(m, rec[c]["text"], rec["answers"])
             s["items"].setdefault(q, {}).update(rec)
     for name in ("nq10", "nq20", "squad"):
         if name not in sets:
@@ -183,15 +191,14 @@ def report(args) -> None:
                  "nq20": "NQ-open, 20 passages (gold + 19 BM25 hard negatives, gold at every position in turn)",
                  "squad": "SQuAD, BM25 top 3 (the default pipeline's setting)"}[name]
         lines += [f"## {title}", "", f"n = {len(common)} questions in every cell.", "",
-                  "| cell | EM | F1 | EM-in | cites gold | cites any | mean TTFT s | mean prompt tokens |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| cell | EM | F1 | EM-in | cites gold | cites any | mean prompt tokens |",
+                  "|---|---|---|---|---|---|---|"]
         for c in cells:
             rs = [s["items"][q][c] for q in common]
             if not rs:
                 continue
             vals = [f"{100 * statistics.mean(r[m] for r in rs):.1f}" for m in METRICS]
-            lines.append(f"| {c} | " + " | ".join(vals) + f" | {statistics.mean(r['ttft_s'] for r in rs):.3f} | "
-                         f"{statistics.mean(r['prompt_tokens'] for r in rs):.0f} |")
+            lines.append(f"| {c} | " + " | ".join(vals) + f" | {statistics.mean(r['prompt_tokens'] for r in rs):.0f} |")
         lines += ["", "Paired differences (a - b, points) and p-values (t-test / randomization):", "",
                   "| a vs b | EM-in delta | p | EM delta | p | F1 delta | p | cites-gold delta | p |", "|---|---|---|---|---|---|---|---|---|"]
         for a, b in PAIRS:
