@@ -337,3 +337,12 @@ def test_shipped_adapter_loads_merged_and_answers_short_with_a_citation(smol, tm
         # measured, not asserted: benchmarks/results/train_generator.md, "cites gold")
         assert "paris" in a.text.lower() and len(a.citations) == 1 and a.meta["new_tokens"] <= 12, a.text
         assert not a.meta.get("invalid_citations")
+
+
+def test_answer_metrics_ignore_citation_markers():
+    from ragkit.eval.metrics import answer_score
+
+    assert answer_score("EM", "Denver Broncos [2]", ["Denver Broncos"]) == 1.0
+    assert answer_score("EM", "Denver Broncos [1, 3][2]", ["Denver Broncos"]) == 1.0
+    assert answer_score("F1", "[1] the Broncos", ["Denver Broncos"]) == pytest.approx(2 / 3)
+    assert answer_score("EM", "Denver Broncos 2", ["Denver Broncos"]) == 0.0     # only bracketed numbers
