@@ -389,7 +389,7 @@ def train_generator(output: str, *, datasets: Sequence[str] = DEFAULT_DATASETS, 
 
 # -- CLI ------------------------------------------------------------------------------------------
 EXAMPLES = """examples:
-  ragkit train-generator -o my-adapter                        # the default recipe (SQuAD + NQ-open, LoRA, ~35 min CPU)
+  ragkit train-generator -o my-adapter                        # the default recipe (SQuAD + NQ-open, LoRA; ~20 min on one CPU core)
   ragkit train-generator -o my-adapter --max-steps 20        # a short pilot; the same command resumes it
   ragkit train-generator -o tuned --device cuda --examples 4000 --passages 5-10 --max-passage-tokens 200
   ragkit train-generator -o tuned --block-ratio 0            # no Block-Attention examples (any causal LM)
