@@ -9,6 +9,7 @@ Three prefill modes of ``generator.hf`` in the same process, interleaved per rep
                                       [--extra-select-layers 4]          #   + blend selecting on layer 4
   python benchmarks/bench_kv.py store                                      # bytes, load vs recompute
   python benchmarks/bench_kv.py throughput --questions 8 --batches 1,4,8   # questions/s with batching
+  python benchmarks/bench_kv.py --adapter smollm2-rag ttft --sizes 20   # the same with the tuned (merged) model
   python benchmarks/bench_kv.py report                                     # kv.md + kv_ttft.png
                                          (hand-written notes in kv.md between <!-- keep:NAME --> lines stay)
 
@@ -65,14 +66,14 @@ def machine() -> dict:
             "load_avg_start": os.getloadavg(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-DEVICE = {"device": "cpu", "dtype": "float32"}     # --device / --dtype
+DEVICE = {"device": "cpu", "dtype": "float32", "adapter": ""}     # --device / --dtype / --adapter
 
 
 def generators(store: str, max_new: int, max_passages: int, max_tokens: int, modes: dict | None = None, **kw):
     from ragkit.generators.hf import HFGenerator
 
     gens = {m: HFGenerator(model="smollm2-135m-instruct", device=DEVICE["device"], dtype=DEVICE["dtype"],
-                           max_new_tokens=max_new,
+                           adapter=DEVICE["adapter"], max_new_tokens=max_new,
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
                            kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
     # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
@@ -397,6 +398,7 @@ def main(argv=None) -> None:
                     help="torch threads (1: on a shared 2-core machine, 2 threads stall on each other)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
+    ap.add_argument("--adapter", default="", help="LoRA adapter merged into SmolLM2 (e.g. smollm2-rag)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("ttft")
     t.add_argument("--repeats", type=int, default=3)
@@ -432,7 +434,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     RES.mkdir(parents=True, exist_ok=True)
-    DEVICE.update(device=args.device, dtype=args.dtype)
+    DEVICE.update(device=args.device, dtype=args.dtype, adapter=args.adapter)
     {"ttft": ttft, "quality": quality, "store": store, "report": report, "throughput": throughput}[args.cmd](args)
 
 

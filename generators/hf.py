@@ -44,6 +44,8 @@ class HFGenerator(Generator):
     """Generate answers with a transformers causal LM (optionally with passage-KV reuse)."""
 
     model: str = param("smollm2-135m-instruct", help="short name, local folder or cached hub id")
+    adapter: str = param("", help="LoRA adapter merged into the model at load: a shipped short name "
+                                  "(smollm2-rag) or a folder from `ragkit train-generator` (empty = none)")
     device: Literal["auto", "cpu", "cuda"] = param("auto", help="where to run the model")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = param(
         "auto", help="model dtype (auto: float32 on CPU, bfloat16/float16 on CUDA)")
@@ -99,6 +101,8 @@ class HFGenerator(Generator):
     max_graph_context_tokens: int = param(1024, ge=0, help="token budget of the graph context (0 = no limit)")
 
     _callback = None    # set_stream_callback(); kept across setup()
+    _tok = None
+    _template = None
     _act_heads = None   # parsed attention-method heads (generators/_attnrun.setup); None = no method
     _guard_heads = None
     _fim_layers = None
@@ -129,13 +133,11 @@ class HFGenerator(Generator):
         if attn == "auto" and self.kv_reuse != "none":
             attn = "sdpa"      # reuse passes custom 4-D masks (flash attention takes none)
         tok, model, res = load_causal_lm(self.model, self.device, self.dtype, attn, what="generator.hf",
-                                         base_dir=self._base_dir)
+                                         base_dir=self._base_dir, adapter=self.adapter)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         self._tok, self._model, self._resolved = tok, model, res
-        self._template = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
-                                        instruction=self.instruction or PromptTemplate.instruction,
-                                        use_chat_template=self.chat_template)
+        self._template = self.prompt_template()
         self._prefix = prefix_ids(tok, self._template)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -204,10 +206,26 @@ class HFGenerator(Generator):
                 out += [self._run_reuse(part[0])] if len(part) == 1 else self._run_reuse_batch(part)
         return out
 
+    def prompt_template(self) -> PromptTemplate:
+        """The prompt template these parameters give (also used by ``ragkit train-generator``)."""
+        return PromptTemplate(system=self.system_prompt or PromptTemplate.system,
+                              instruction=self.instruction or PromptTemplate.instruction,
+                              use_chat_template=self.chat_template)
+
+    def prompt_segments(self, tokenizer: Any, question: str, passages: list[tuple[str, str | None]],
+                        prefix: list[int] | None = None, context: str = "") -> Any:
+        """The prompt segments of ``question`` over ``passages`` [(text, title)] exactly as this generator
+        builds them (``ragkit train-generator`` trains on these, so training and serving cannot drift)."""
+        template = self._template if self._tok is tokenizer and self._template is not None else self.prompt_template()
+        if prefix is None:
+            prefix = prefix_ids(tokenizer, template)
+        return build_segments(tokenizer, template, question, passages, self.max_passage_tokens, prefix=prefix,
+                              context=context)
+
     def _segments(self, r: Ranking, hits: list[Any]) -> Any:
-        return build_segments(self._tok, self._template, r.query.text,
-                              [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
-                              self.max_passage_tokens, prefix=self._prefix, context=self.graph_context_text(hits))
+        return self.prompt_segments(self._tok, r.query.text,
+                                    [(h.text, h.meta.get("title") if h.meta else None) for h in hits],
+                                    prefix=self._prefix, context=self.graph_context_text(hits))
 
     def graph_context_text(self, hits: list[Any]) -> str:
         """The rendered graph context of ``hits`` (empty when they carry none or graph_context is off)."""

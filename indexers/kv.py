@@ -27,6 +27,7 @@ class KVIndexer(Stage):
     """Precompute passage key/value states (one block per chunk) into the passage KV store."""
 
     model: str = param("smollm2-135m-instruct", help="causal LM (must match the generator's)")
+    adapter: str = param("", help="LoRA adapter merged into the model (must match the generator's; empty = none)")
     store: str = param("", help="store folder (empty = <cache>/kv, the generator's default)")
     device: Literal["auto", "cpu", "cuda"] = param("auto", help="where to run the model")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = param("auto", help="model dtype")
@@ -47,7 +48,7 @@ class KVIndexer(Stage):
 
         # the same model, prompt prefix and store namespace as generator.hf with these settings
         tok, model, res = load_causal_lm(self.model, self.device, self.dtype, "sdpa", base_dir=self._base_dir,
-                                         what=f"'{self.key}'")
+                                         what=f"'{self.key}'", adapter=self.adapter)
         template = PromptTemplate(system=self.system_prompt or PromptTemplate.system,
                                   use_chat_template=self.chat_template)
         self._tok = tok

@@ -408,6 +408,11 @@ def _mount_plugins(sub, add) -> None:
         sp = add("train-reranker", _lazy("ragkit.rerankers.train", "main"),
                  "train a cross-encoder (monoBERT) or monoT5 reranker from qrels or SQuAD-style pairs")
         importlib.import_module("ragkit.rerankers.train").add_arguments(sp)
+    if importlib.util.find_spec("ragkit.generators.train") is not None:
+        sp = add("train-generator", _lazy("ragkit.generators.train", "main"),
+                 "fine-tune a causal LM for RAG (short cited answers; Block-Attention for passage-KV reuse); "
+                 "writes a LoRA adapter for generator.hf's adapter:")
+        importlib.import_module("ragkit.generators.train").add_arguments(sp)
 
 
 def _lazy(module: str, func: str):

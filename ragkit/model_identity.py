@@ -134,7 +134,27 @@ def model_identity(path: str | os.PathLike | None, *, name: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-__all__ = ["model_identity", "model_files", "file_digest", "library_versions", "SUFFIXES", "NUMERIC_LIBS"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_identity(path: str | os.PathLike) -> str:
+    """A short content hash of a model's *weights* only (no configuration, tokenizer or library versions):
+    what an adapter trained on this model must be applied to (:mod:`ragkit.adapters`)."""
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in model_files(p) if f.suffix.lower() in WEIGHT_SUFFIXES]
+    store = _load_store()
+    before = dict(store)
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.name if p.is_file() else f.relative_to(p).as_posix()
+        h.update(rel.encode() + b"\x1f" + file_digest(f, store).encode() + b"\x1e")
+    if store != before:
+        _save_store(store)
+    return h.hexdigest()[:20]
+
+
+__all__ = ["model_identity", "weights_identity", "model_files", "file_digest", "library_versions", "SUFFIXES", "NUMERIC_LIBS",
+           "ModelCacheKey"]
 
 
 class ModelCacheKey:

@@ -50,6 +50,7 @@ class ResolvedModel:
     name: str = ""
     source: str = ""
     dim: int | None = None
+    adapter: str = ""     # identity of a LoRA adapter merged into the weights (ragkit.adapters); "" = none
 
     @property
     def file(self) -> Path | None:
@@ -58,8 +59,11 @@ class ResolvedModel:
 
     @property
     def revision(self) -> str:
-        """A fingerprint of the weights (:func:`folder_revision` of ``path``; the id for the hash embedder)."""
-        return folder_revision(self.path) if self.path is not None else self.id
+        """A fingerprint of the weights (:func:`folder_revision` of ``path``; the id for the hash embedder),
+        plus the identity of a merged adapter: every cache keyed by it (passage KV, embeddings) tells a
+        tuned model from its base."""
+        rev = folder_revision(self.path) if self.path is not None else self.id
+        return f"{rev}+adapter:{self.adapter}" if self.adapter else rev
 
 
 @dataclass(frozen=True)
@@ -310,8 +314,12 @@ def pick_dtype(dtype: str, device: str) -> Any:
 
 
 def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", attn: str = "auto", *,
-                   base_dir: str | Path | None = None, what: str = "generation") -> tuple[Any, Any, ResolvedModel]:
+                   base_dir: str | Path | None = None, what: str = "generation",
+                   adapter: str = "") -> tuple[Any, Any, ResolvedModel]:
     """Load (tokenizer, model, ResolvedModel) of a causal LM, offline, in eval mode on the chosen device.
+
+    ``adapter``: a LoRA adapter (folder or shipped short name, :mod:`ragkit.adapters`) checked against
+    the base model's weights and merged into them; the ResolvedModel then carries its identity.
 
     ``attn="auto"``: flash attention 2 on CUDA with a half dtype when ``flash_attn`` is installed, else sdpa.
     A folder that transformers cannot load raises :class:`ModelNotFoundError` naming the model.
@@ -336,6 +344,13 @@ def load_causal_lm(name: str, device: str = "auto", dtype: str = "auto", attn: s
                                                                   local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"model '{name}' ({res.path}) could not be loaded as a causal LM offline: {exc}") from exc
+    if adapter:
+        from dataclasses import replace
+
+        from .adapters import apply_adapter
+
+        model, ident = apply_adapter(model, res, adapter, base_dir=base_dir, base_name=name)
+        res = replace(res, adapter=ident)
     model.to(dev)
     model.eval()
     return tok, model, res

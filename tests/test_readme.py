@@ -62,6 +62,7 @@ def test_setup_commands_install_what_the_demo_needs():
     default = Pipeline.from_yaml(REPO / "pipelines" / "default.yaml")
     assert default.stages[-1].key == "generator.hf" and default.stages[-1].model == "smollm2-135m-instruct"
     assert default.stages[-1].kv_reuse == "none" and default.evaluation.max_queries == 30
+    assert default.stages[-1].adapter == "smollm2-rag"     # the shipped RAG adapter (docs/train_generator.md)
     assert {"EM", "F1"} <= set(default.evaluation.metrics)
     assert Pipeline.from_yaml(REPO / "pipelines" / "extractive.yaml").stages[-1].key == "generator.extractive"
     assert "ragkit demo pipelines/extractive.yaml" in README and "first\n30 questions" in README

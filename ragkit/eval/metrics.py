@@ -158,9 +158,14 @@ _ANSWER_FNS = {"EM": exact_match, "F1": token_f1, "EM-in": contains_answer}
 
 
 def answer_score(metric: str, prediction: str, golds: Sequence[str]) -> float:
-    """The best score of ``prediction`` over the gold answers (0.0 when there are none)."""
+    """The best score of ``prediction`` over the gold answers (0.0 when there are none). Passage citations
+    (``[1]``, ``[1, 2]``) are removed from the prediction first: they point at sources, they are not part
+    of the answer (``"Denver Broncos [2]"`` is an exact match of ``"Denver Broncos"``)."""
+    from ragkit.kv.prompt import strip_citations
+
     fn = _ANSWER_FNS[_ANSWER_ALIASES.get(metric.lower(), metric)]
-    return max((fn(prediction or "", g) for g in golds), default=0.0)
+    prediction = strip_citations(prediction or "")
+    return max((fn(prediction, g) for g in golds), default=0.0)
 
 
 def answer_per_query(metrics: Sequence[Metric], predictions: Mapping[str, str],

@@ -140,6 +140,11 @@ def ids_hash(ids: Sequence[int]) -> str:
 _CITE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 
 
+def strip_citations(text: str) -> str:
+    """``text`` without passage citations (``[1]``, ``[1, 2]``, ``[1][3]``): what answer metrics score."""
+    return " ".join(_CITE.sub(" ", text or "").split())
+
+
 def parse_citations(text: str, n_passages: int) -> tuple[list[int], list[int]]:
     """Passage numbers cited as ``[1]``, ``[1, 2]`` or ``[1][3]``: (valid 1-based numbers in order of
     first appearance, numbers out of range)."""
