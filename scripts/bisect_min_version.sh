@@ -9,7 +9,8 @@
 # temporary folder (removed afterwards) with every extra at its lowest pins; each probe reinstalls
 # PACKAGE==V (pip adjusts what that version requires) and runs pytest with the given arguments
 # (default: the fast tier). Prints one line per probe and the lowest passing version. Then write
-# it into pyproject.toml and confirm it with scripts/check_min_versions.sh.
+# it into pyproject.toml and confirm it with scripts/check_min_versions.sh. MINVER_PINS overrides pins
+# as there (e.g. "langchain-core==0.3.15": the dev extra's langchain-qdrant 0.2.0 excludes 0.3.0-0.3.14).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PKG=$1; shift
@@ -19,7 +20,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ragkit-bisect.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-python3}
 python3 - "$WORK/min.txt" "$PKG" <<'PYEOF'
-import re, sys, tomllib
+import os, re, sys, tomllib
 data = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = list(data["dependencies"])
 for extra in ("dense", "graph", "llm", "langchain", "lora", "dev"):
@@ -31,6 +32,9 @@ for r in reqs:
         name = re.sub(r"\[.*\]", "", m.group(1)).lower()
         if name not in ("torch", sys.argv[2].lower()):
             pins[name] = m.group(2)
+for extra in os.environ.get("MINVER_PINS", "").split():   # overrides, as in check_min_versions.sh
+    n, v = extra.split("==")
+    pins[n.lower()] = v
 open(sys.argv[1], "w").write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
 PYEOF
 "$PY" -m venv "$WORK/venv"
