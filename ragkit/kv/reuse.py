@@ -627,13 +627,19 @@ class KVReuseEngine:
             pos[b, o:] = torch.arange(T - o)
             valid[b, o:o + len(r)] = True
         col = torch.arange(T, device=dev_)
-        # key k visible to the row in column q iff k <= q and k is a real column of that prompt; every
-        # row sees itself, so padding rows (whose output nobody reads) have no empty softmax
-        allowed = ((col.view(1, 1, T) <= col.view(1, T, 1)) & valid.unsqueeze(1)) | torch.eye(T, dtype=torch.bool,
-                                                                                              device=dev_)
-        mask = torch.zeros(B, 1, T, T, dtype=self.dtype, device=dev_)
-        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
         h = self.base.embed_tokens(ids)
+        if B == 1:     # no padding: the model's own causal mask (None for SDPA: nothing T x T is built)
+            from transformers.masking_utils import create_causal_mask
+
+            mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
+                                      **cache_kw(None), position_ids=pos)
+        else:
+            # key k visible to the row in column q iff k <= q and k is a real column of that prompt; every
+            # row sees itself, so padding rows (whose output nobody reads) have no empty softmax
+            allowed = ((col.view(1, 1, T) <= col.view(1, T, 1)) & valid.unsqueeze(1)) | torch.eye(
+                T, dtype=torch.bool, device=dev_)
+            mask = torch.zeros(B, 1, T, T, dtype=self.dtype, device=dev_)
+            mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
         pe = self.base.rotary_emb(h, pos)
         cols = col.unsqueeze(0).expand(B, T)
         for lay in cache.layers[:li]:
