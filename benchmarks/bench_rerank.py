@@ -128,7 +128,8 @@ def quality(args: argparse.Namespace) -> dict:
                  "queries": args.queries, "llm_queries": args.llm_queries}
     tmp = Path(tempfile.mkdtemp(prefix="bench-rerank-q-"))
     ce = CrossEncoderReranker(model=args.model, top_n=100, batch_size=32, max_length=args.max_length)
-    llm = LLMReranker(model=args.llm, top_n=args.llm_top_n, batch_size=16, max_length=args.max_length)
+    llm = LLMReranker(model=args.llm, top_n=args.llm_top_n, batch_size=16, max_length=args.max_length) \
+        if args.llm_queries else None
     for name in args.datasets:
         ds = load_dataset(name, data_dir=str(DATA) if DATA.exists() else None)
         if name == "squad":
@@ -136,7 +137,7 @@ def quality(args: argparse.Namespace) -> dict:
         else:
             judged = ds.judged_qids()
         qids = _sample(judged, args.queries)
-        llm_qids = _sample(qids, args.llm_queries, seed=1)
+        llm_qids = _sample(qids, args.llm_queries, seed=1) if args.llm_queries else []
         qmap = {q.qid: q for q in ds.queries}
         queries = [qmap[q] for q in qids]
         t = time.perf_counter()
@@ -165,7 +166,7 @@ def quality(args: argparse.Namespace) -> dict:
         times["bm25>>cross_encoder"] = time.perf_counter() - t
         sub = [r for r in systems["bm25"] if r.qid in set(llm_qids)]
         t = time.perf_counter()
-        llm_out = llm(sub) if sub else []
+        llm_out = llm(sub) if sub and llm is not None else []
         times["bm25>>llm"] = time.perf_counter() - t
         qrels = [ir_measures.Qrel(q, d, g) for q, rel in ds.qrels.items() for d, g in rel.items()]
 
@@ -178,7 +179,8 @@ def quality(args: argparse.Namespace) -> dict:
         full, small = set(qids), set(llm_qids)
         res = {"n_queries": len(qids), "n_llm_queries": len(llm_qids), "docs": len(ds.corpus), "seconds": {},
                "all": {k: score(v, full) for k, v in systems.items()},
-               "llm_sample": {**{k: score(v, small) for k, v in systems.items()}, "bm25>>llm": score(llm_out, small)}}
+               "llm_sample": ({**{k: score(v, small) for k, v in systems.items()}, "bm25>>llm": score(llm_out, small)}
+                              if small else {})}
         res["seconds"] = {k: round(v, 1) for k, v in times.items()}
         res["pairs_per_s"] = {"cross_encoder": round(sum(min(100, len(r)) for r in systems["bm25"]) / times["bm25>>cross_encoder"], 1),
                               "llm": round(sum(min(args.llm_top_n, len(r)) for r in sub) / max(times["bm25>>llm"], 1e-9), 1)}
@@ -230,6 +232,7 @@ def main() -> None:
     q.add_argument("--llm-top-n", type=int, default=100, help="hits reranked by reranker.llm (the rest kept below)")
     q.add_argument("--max-length", type=int, default=512)
     q.add_argument("--no-hybrid", dest="hybrid", action="store_false")
+    q.add_argument("--out", default=None, help="result file stem under benchmarks/results/ (default: rerank_quality)")
     g = sub.add_parser("plot")
     g.add_argument("--log", required=True)
     g.add_argument("--png", default=str(OUT / "rerank_train_loss.png"))
@@ -245,7 +248,7 @@ def main() -> None:
     res = throughput(args) if args.cmd == "throughput" else quality(args)
     res["command"] = cmd
     res["seconds_total"] = round(time.perf_counter() - t0, 1)
-    name = f"rerank_{args.cmd}"
+    name = getattr(args, "out", None) or f"rerank_{args.cmd}"
     (OUT / f"{name}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

