@@ -46,7 +46,7 @@ from ragkit.stage import CHUNKS, Stage, param
 from ._graph_records import DEFAULT_ENTITY_TYPES, Extraction
 from ._graph_store import GraphIndex, VectorTable
 
-from ._graph_io import FORMAT, KEY, _dump_graph, _forget, load_graph_index, load_state, require_networkx
+from ._graph_io import FORMAT, KEY, _dump_graph, _forget, _vector_keys, load_graph_index, load_state, require_networkx
 
 __all__ = ["GraphIndexer", "load_graph_index", "load_state", "KEY", "FORMAT"]
 
@@ -352,9 +352,8 @@ class GraphIndexer(Stage):
                            [titles.get(c) for c in cids])
             for name, t in vecs.items():
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(t.vectors, dtype=np.float32))
-            keys = {"entities": vecs["entities"].keys, "relations": [list(k) for k in vecs["relations"].keys],
-                    "chunks": vecs["chunks"].keys}
-            (tmp / "vector_keys.json").write_text(json.dumps(keys, ensure_ascii=False), encoding="utf-8")
+            (tmp / "vector_keys.json").write_text(json.dumps(_vector_keys(vecs), ensure_ascii=False,
+                                                             separators=(",", ":")), encoding="utf-8")
             write_params(tmp, params)
         _forget(folder)
         self._last_stats = stats

@@ -256,6 +256,50 @@ def test_load_errors(tmp_path, rules_model):
         load_graph_index(tmp_path / "g")
 
 
+def test_fast_load_builds_the_graph_networkx_would(tmp_path, rules_model):
+    """load_graph_index builds networkx's adjacency directly (GC paused, orjson): the result must be the
+    graph node_link_graph + the restored ``descriptions`` gives, in the same node, edge and neighbour order."""
+    import networkx as nx
+
+    from ragkit.indexers._graph_io import _read_graph
+
+    llm_indexer(tmp_path / "g", rules_model)(chunks())
+    folder = tmp_path / "g"
+    data = json.loads((folder / "graph.json").read_text())
+    ref = nx.node_link_graph(data, edges="edges")
+    for _, a in list(ref.nodes(data=True)) + [(None, a) for *_, a in ref.edges(data=True)]:
+        if "descriptions" not in a:
+            a["descriptions"] = a["description"].split("\n") if a["description"] else []
+    g = _read_graph(folder)
+    assert list(g.nodes(data=True)) == list(ref.nodes(data=True))
+    assert list(g.edges(data=True)) == list(ref.edges(data=True))
+    assert all(list(g.adj[n]) == list(ref.adj[n]) for n in ref)
+    assert g.edges["acme", "alice"] is g.edges["alice", "acme"]          # one attribute dict per edge, as networkx
+    assert dict(g.degree()) == dict(ref.degree()) and g.number_of_edges() == ref.number_of_edges()
+    g.add_edge("acme", "zed", weight=1.0)                                  # still an ordinary, mutable networkx graph
+    assert "zed" in g and g.has_edge("zed", "acme")
+    idx = load_graph_index(folder)
+    assert isinstance(idx.entities.vectors, np.memmap) and not idx.entities.vectors.flags.writeable   # paged in lazily
+    keys = json.loads((folder / "vector_keys.json").read_text())
+    assert "relation_rows" in keys and "relations" not in keys                 # relation keys stored as entity rows
+    assert idx.relations.keys == sorted(tuple(sorted(e)) for e in idx.graph.edges)
+    # an index written before relation_rows (explicit key pairs) still loads
+    keys["relations"] = [[keys["entities"][a], keys["entities"][b]] for a, b in keys.pop("relation_rows")]
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(folder, old)
+    (old / "vector_keys.json").write_text(json.dumps(keys), encoding="utf-8")
+    from ragkit.indexers._graph_io import _read_vectors
+
+    assert _read_vectors(old, idx.entities.vectors.shape[1])["relations"].keys == idx.relations.keys
+    keys2 = json.loads((folder / "vector_keys.json").read_text())
+    keys2["relation_rows"][0][0] = -1
+    (old / "vector_keys.json").write_text(json.dumps(keys2), encoding="utf-8")
+    with pytest.raises(IndexArtifactError, match="vector_keys.json"):
+        _read_vectors(old, idx.entities.vectors.shape[1])
+
+
 # -- incremental ---------------------------------------------------------------------------------
 def _same_index(p1, p2):
     a, b = load_graph_index(p1), load_graph_index(p2)
