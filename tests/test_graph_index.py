@@ -514,3 +514,47 @@ def test_hf_backend_mechanics_with_a_tiny_random_lm(tmp_path):
                          llm_device="cpu", max_new_tokens=6)
     again(chunks(["c"]))
     assert load_graph_index(tmp_path / "g2").params["stats"]["llm_calls"] == 0
+
+
+def test_fewshot_prompt_prefill_and_no_repeat_ngram(tmp_path):
+    """prompt: fewshot sends the worked example as a previous turn; prefill (hf) forces the reply to start
+    as an entity record; both and no_repeat_ngram enter the cache keys / identity; the langchain backend
+    refuses the two generate-level options."""
+    pytest.importorskip("transformers")
+    from langchain_core.messages import AIMessage
+
+    from ragkit.indexers._graph_records import FEWSHOT_TEXT
+
+    from ._graph_fakes import ReplayChatModel
+    from .conformance_examples import tiny
+
+    seen = []
+
+    class Capture(ReplayChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kw):
+            seen.append(messages)
+            return super()._generate(messages, stop, run_manager, **kw)
+
+    text = TEXTS["c"][0]
+    register_model("graph-fewshot", Capture(replies={text: f"entity{T}Carol{T}person{T}Carol sells.\n{DONE}"},
+                                            tag=str(tmp_path)))
+    ix = llm_indexer(tmp_path / "fs", "graph-fewshot", prompt="fewshot", llm_cache=False)
+    ix(chunks(["c"]))
+    roles = [type(m).__name__ for m in seen[0]]
+    assert roles == ["SystemMessage", "HumanMessage", "AIMessage", "HumanMessage"]
+    assert FEWSHOT_TEXT in seen[0][1].content and isinstance(seen[0][2], AIMessage) and text in seen[0][3].content
+    assert list(load_graph_index(tmp_path / "fs").graph.nodes) == ["carol"]
+    plain = llm_indexer(tmp_path / "p", "graph-fewshot").llm().prompt_id
+    assert ix.llm().prompt_id != plain
+
+    lm = tiny("lm", tmp_path)
+    hf = GraphIndexer(path=str(tmp_path / "g"), model="hash", extractor="llm", llm_backend="hf", llm_model=lm,
+                      llm_device="cpu", max_new_tokens=4, prompt="fewshot", prefill=True, no_repeat_ngram=3,
+                      llm_cache=False)
+    x = hf.llm()
+    _, raws = x.extract(text, "c#0")
+    assert raws[0].startswith(f"entity{T}")                       # the model continued a started record
+    assert x.identity.endswith(":no_repeat_ngram=3") and x.prompt_id != ix.llm().prompt_id
+    for bad in ({"prefill": True}, {"no_repeat_ngram": 4}):
+        with pytest.raises(ConfigError, match="need llm_backend: hf"):
+            llm_indexer(tmp_path / "x", "graph-fewshot", **bad)
