@@ -95,7 +95,7 @@ def fresh_cache() -> str:
 def part_spacy(args) -> None:
     from ragkit.indexers.graph import GraphIndexer, load_graph_index
 
-    chunks = hotpot_chunks(dataset=args.dataset)
+    chunks = hotpot_chunks(args.limit or None, dataset=args.dataset)
     words = sum(len(c.text.split()) for c in chunks)
     tmp = Path(tempfile.mkdtemp(prefix="graph-bench-"))
     fresh_cache()
@@ -127,7 +127,8 @@ def part_spacy(args) -> None:
     if args.keep:   # keep the index (e.g. as bench_graph.py's graph index of this dataset)
         shutil.move(str(tmp / "g"), args.keep)
     shutil.rmtree(tmp, ignore_errors=True)
-    md = (f"# indexer.graph, spaCy extractor, {args.dataset}-100 paragraphs\n\n"
+    md = (f"# indexer.graph, spaCy extractor, {args.dataset}-100 paragraphs"
+          f"{f' (first {len(chunks)})' if args.limit else ''}\n\n"
           f"| chunks | words | extraction chunks/s | extraction s | full build s | build s / 1,000 chunks | "
           f"entities | relations | entity / relation records | folder MB |\n|---|---|---|---|---|---|---|---|---|---|\n"
           f"| {len(chunks):,} | {words:,} | {res['extraction_chunks_per_s']} | {res['extraction_s']} | {res['build_s']} | "
@@ -391,6 +392,7 @@ def main() -> None:
     ap.add_argument("--noun-chunks", type=int, default=1, help="spacy: 1 (the indexer's default) or 0 (named "
                     "entities only, as bench_graph.py builds)")
     ap.add_argument("--keep", default="", help="spacy: move the built index folder here")
+    ap.add_argument("--limit", type=int, default=0, help="spacy: only the first N paragraphs (0 = all)")
     ap.add_argument("--repeats", type=int, default=2, help="incremental: alternating runs")
     ap.add_argument("--entities", type=int, default=100_000, help="load: synthetic graph size")
     ap.add_argument("--repeats-load", type=int, default=3, help="load: cold loads per reader")

@@ -112,7 +112,9 @@ def _read_graph(folder: Path) -> Any:
                     old.update(a)
                 else:
                     adj[u][v] = adj[v][u] = a
-            nx._clear_cache(g)
+            clear = getattr(nx, "_clear_cache", None)   # networkx >= 3.3 caches backend conversions per graph
+            if clear is not None:
+                clear(g)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexArtifactError(f"{f}: missing or corrupt graph ({exc}); rebuild the index.") from None
     return g
