@@ -273,7 +273,7 @@ def _ragkit_view(docs: dict[str, str], replies: dict[str, str], folder) -> dict:
     GraphIndexer(path=str(folder), model="hash", extractor="llm", llm_backend="langchain", llm_model="replay-diff",
                  llm_cache=False)([Chunk(f"{d}#0", d, t, 0, len(t)) for d, t in docs.items()])
     g = load_graph_index(folder).graph
-    doc = lambda ids: {c.split("#")[0] for c in ids}
+    doc = lambda ids: {c.rsplit("#", 1)[0] for c in ids}
     nodes = [(k, a["entity_type"], a["descriptions"], doc(a["source_ids"])) for k, a in g.nodes(data=True)]
     edges = [(u, v, a["weight"], set(a["keywords"]), a["descriptions"], doc(a["source_ids"]))
              for u, v, a in g.edges(data=True)]
