@@ -64,7 +64,7 @@ def render(data: dict, command: str, load: tuple) -> str:
     md = ["# indexer.graph LLM extractor: SmolLM2-135M-Instruct, prompt variants (greedy, 200 new tokens, CPU)\n",
           "Variant = prompt : prefill : max_input_chars : no_repeat_ngram. Grounded = the entity name (both "
           "relation ends) occur in the paragraph.\n",
-          "| variant | chunks | calls | CPU s / chunk | entity records / chunk | grounded | relation records / chunk | "
+          "| variant | chunks | model calls | CPU s / call | entity records / chunk | grounded | relation records / chunk | "
           "grounded | chunks with >= 1 grounded record | dropped (by reason) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v, rows in data.items():
         n = len(rows)
@@ -72,13 +72,16 @@ def render(data: dict, command: str, load: tuple) -> str:
         for r in rows:
             for k, c in r["dropped"].items():
                 dropped[k] = dropped.get(k, 0) + c
-        md.append(f"| {v} | {n} | {sum(r['calls'] for r in rows)} | {sum(r['cpu_s'] for r in rows) / n:.1f} | "
+        calls = sum(r["calls"] for r in rows)
+        md.append(f"| {v} | {n} | {calls} | {sum(r['cpu_s'] for r in rows) / max(calls, 1):.1f} | "
                   f"{sum(r['entities'] for r in rows) / n:.2f} | {sum(r['grounded_entities'] for r in rows) / n:.2f} | "
                   f"{sum(r['relations'] for r in rows) / n:.2f} | {sum(r['grounded_relations'] for r in rows) / n:.2f} | "
                   f"{sum(1 for r in rows if r['grounded_entities'] or r['grounded_relations'])} | {dropped} |")
     for v, rows in data.items():
         md.append(f"\n## {v}: first reply (first 700 characters)\n\n```\n{rows[0]['raw'][0][:700]}\n```")
-    md.append(f"\nCommand: `{command}`; load average start/end {load}.")
+    md.append(f"\nCommand: `{command}`; load average start/end {load}. A window whose prompt and text another "
+              "variant already sent (a paragraph shorter than max_input_chars) is answered from the reply cache: "
+              "model calls counts only real calls, and CPU s / call is over those.")
     return "\n".join(md) + "\n"
 
 
@@ -100,7 +103,17 @@ def main() -> None:
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "graph_llm_variants.sqlite"))
     ap.add_argument("--fixture", default="", help="write tests/data/graph_smollm2_replies.json from this variant")
+    ap.add_argument("--render", action="store_true", help="only re-render the results from the stored json")
     args = ap.parse_args()
+    if args.render:
+        d = json.loads((OUT / "graph_index_llm_variants.json").read_text(encoding="utf-8"))
+        md = render(d["variants"], d["command"], tuple(d.get("load", ())))
+        (OUT / "graph_index_llm_variants.md").write_text(md, encoding="utf-8")
+        if args.fixture:
+            fixture(d["variants"], args.fixture,
+                    Path(__file__).resolve().parents[1] / "tests" / "data" / "graph_smollm2_replies.json")
+        print(md)
+        return
     load0 = os.getloadavg()
     data = run(args.n, args.variants, args.cache)
     cmd = os.environ.get("BENCH_LAUNCHER", "") + " .venv/bin/python benchmarks/bench_graph_llm_variants.py " + \
@@ -108,7 +121,8 @@ def main() -> None:
     md = render(data, cmd.strip(), (load0, os.getloadavg()))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "graph_index_llm_variants.md").write_text(md, encoding="utf-8")
-    (OUT / "graph_index_llm_variants.json").write_text(json.dumps({"command": cmd.strip(), "variants": data},
+    (OUT / "graph_index_llm_variants.json").write_text(json.dumps({"command": cmd.strip(), "variants": data,
+                                                                   "load": [load0, os.getloadavg()]},
                                                                   ensure_ascii=False, indent=1), encoding="utf-8")
     if args.fixture:
         fixture(data, args.fixture, Path(__file__).resolve().parents[1] / "tests" / "data" / "graph_smollm2_replies.json")
