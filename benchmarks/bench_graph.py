@@ -140,16 +140,19 @@ def evaluate(ds, rets: dict, budgets: list[int], count, log) -> dict:
         t0 = time.perf_counter()
         r.setup()
         setup_s = time.perf_counter() - t0
-        lat, rows, fallbacks = [], {}, 0
+        lat, cpu, rows, fallbacks = [], [], {}, 0
         for q in ds.queries:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             rk = r([q])[0]
             lat.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
             rows[q.qid] = rk
             if rk.hits and (rk.hits[0].meta or {}).get("graph_context", {}).get("fallback"):
                 fallbacks += 1
         m = {"setup_s": round(setup_s, 2), "latency_p50_ms": 1000 * float(np.percentile(lat, 50)),
-             "latency_p95_ms": 1000 * float(np.percentile(lat, 95)), "fallback_queries": fallbacks}
+             "latency_p95_ms": 1000 * float(np.percentile(lat, 95)),
+             "cpu_p50_ms": 1000 * float(np.percentile(cpu, 50)), "cpu_p95_ms": 1000 * float(np.percentile(cpu, 95)),
+             "fallback_queries": fallbacks}
         for k in (5, 10):
             vals = []
             for q in ds.queries:
@@ -184,7 +187,9 @@ def generate(ds, res: dict, names: list[str], n: int, budget: int, count, log) -
             docs, _ = budget_context(rk, budget, count)
             hits = tuple(h for h in rk.hits if h.doc_id in docs)
             rows.append(Ranking(q, hits) if hits else Ranking(q, rk.hits[:1]))
+        t0, c0 = time.perf_counter(), time.process_time()
         answers = gen(rows)
+        gen_s, gen_cpu = time.perf_counter() - t0, time.process_time() - c0
         sc = {"EM": [], "F1": [], "EM-in": []}
         for a in answers:
             golds = ds.answers.get(a.qid, [])
@@ -192,7 +197,10 @@ def generate(ds, res: dict, names: list[str], n: int, budget: int, count, log) -
             sc["F1"].append(answer_score("F1", a.text, golds))
             sc["EM-in"].append(answer_score("EM-in", a.text, golds))
         out[name] = {k: 100 * float(np.mean(v)) for k, v in sc.items()}
-        log(f"  gen {name:18s} " + " ".join(f"{k}={v:.1f}" for k, v in out[name].items()))
+        out[name].update({"n": len(answers), "s_per_answer": gen_s / max(len(answers), 1),
+                          "cpu_s_per_answer": gen_cpu / max(len(answers), 1),
+                          "answers": {a.qid: a.text for a in answers}})
+        log(f"  gen {name:18s} " + " ".join(f"{k}={v:.1f}" for k, v in out[name].items() if isinstance(v, float)))
     return out
 
 
@@ -205,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ppr-variants", nargs="*", default=[],
                     help="extra PPR settings, e.g. ppr-d0.85:damping=0.85 ppr-facts:seed=facts")
     ap.add_argument("--generate", type=int, default=0, help="answer the first N questions with SmolLM2")
+    ap.add_argument("--questions", type=int, default=0, help="only the first N questions of each set (0 = all)")
     ap.add_argument("--noun-chunks", action="store_true",
                     help="spaCy extractor: noun chunks are entities too (the indexer's default; off here: "
                          "named entities only, a graph a fraction of the size to embed on 2 CPU cores)")
@@ -232,10 +241,15 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = {"command": " ".join([Path(sys.executable).name] + sys.argv), "python": platform.python_version(),
+    launcher = os.environ.get("BENCH_LAUNCHER", "nice -n 10")
+    data = {"command": " ".join([launcher, ".venv/bin/python"] + sys.argv), "python": platform.python_version(),
             "cpus": os.cpu_count(), "load_before": load_avg(), "datasets": {}}
     for name in args.datasets:
         ds = load_dataset(name)
+        if args.questions:
+            import dataclasses
+
+            ds = dataclasses.replace(ds, queries=ds.queries[:args.questions])
         log(f"{name}: {len(ds.corpus)} paragraphs, {len(ds.queries)} questions")
         paths = build_indexes(ds, work, log, args.noun_chunks, args.graph_model)
         gp = json.loads((Path(paths["graph"]) / "params.json").read_text())
@@ -257,16 +271,18 @@ def main(argv: list[str] | None = None) -> None:
     for name, entry in data["datasets"].items():
         md.append(f"\n## {name}\n")
         cols = ["R@5", "R@10"] + [f"Rb@{b}" for b in args.budgets] + ["latency_p50_ms", "latency_p95_ms",
-                                                                       "fallback_queries"]
+                                                                       "cpu_p50_ms", "cpu_p95_ms", "fallback_queries"]
         md.append("| retriever | " + " | ".join(cols) + " |")
         md.append("|---" * (len(cols) + 1) + "|")
         for r, m in entry["metrics"].items():
             md.append(f"| {r} | " + " | ".join(f"{m[c]:.1f}" if isinstance(m[c], float) else str(m[c])
                                                for c in cols) + " |")
         if "generation" in entry:
-            md.append("\n| generator context | EM | F1 | EM-in |\n|---|---|---|---|")
+            md.append("\n| generator context (SmolLM2-135M-Instruct, greedy) | n | EM | F1 | EM-in | CPU s / answer |"
+                      "\n|---|---|---|---|---|---|")
             for r, m in entry["generation"].items():
-                md.append(f"| {r} | {m['EM']:.1f} | {m['F1']:.1f} | {m['EM-in']:.1f} |")
+                md.append(f"| {r} | {m['n']} | {m['EM']:.1f} | {m['F1']:.1f} | {m['EM-in']:.1f} | "
+                          f"{m['cpu_s_per_answer']:.2f} |")
     (OUT / f"{args.out}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
 

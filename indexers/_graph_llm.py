@@ -25,7 +25,8 @@ from typing import Any, Sequence
 from ragkit.artifacts import cache_dir
 from ragkit.errors import ConfigError, StageInputError
 
-from ._graph_records import Extraction, format_glean, format_summary, format_system, format_user, parse_records
+from ._graph_records import (COMPLETE, TUPLE, Extraction, format_fewshot, format_glean, format_summary, format_system,
+                              format_user, parse_records)
 
 Messages = list[tuple[str, str]]
 
@@ -34,12 +35,22 @@ class HFChat:
     """Greedy chat completion with a transformers causal LM (the ``generator.hf`` loader)."""
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_new_tokens: int = 512,
-                 base_dir: Any = None) -> None:
+                 base_dir: Any = None, no_repeat_ngram: int = 0) -> None:
         from ragkit.models import load_causal_lm
 
         self.tok, self.model, res = load_causal_lm(model, device, dtype, "auto", base_dir=base_dir)
         self.max_new_tokens = max_new_tokens
-        self.identity = f"hf:{res.id}@{res.revision}:greedy:{max_new_tokens}"
+        self.no_repeat_ngram = no_repeat_ngram
+        self.identity = f"hf:{res.id}@{res.revision}:greedy:{max_new_tokens}" + \
+            (f":no_repeat_ngram={no_repeat_ngram}" if no_repeat_ngram else "")
+        self.stop: list[str] | None = [COMPLETE]   # generation ends at the completion marker (greedy: same text, fewer steps)
+        try:
+            from transformers import StopStringCriteria
+
+            StopStringCriteria(self.tok, self.stop)
+        except Exception:   # noqa: BLE001 - a tokenizer the criterion cannot map: generate to max_new_tokens
+            self.stop = None
+        self.supports_prefill = True
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
@@ -49,16 +60,22 @@ class HFChat:
         import torch
 
         msgs = [{"role": r, "content": c} for r, c in messages]
+        prefill = messages[-1][1] if messages and messages[-1][0] == "assistant" else ""   # the reply's forced start
+        if prefill:   # the assistant turn is opened as usual and starts with the forced text
+            msgs = msgs[:-1]
         if getattr(self.tok, "chat_template", None):
-            prompt = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            prompt = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
         else:
-            prompt = "\n\n".join(f"{r}: {c}" for r, c in messages) + "\n\nassistant:"
+            prompt = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:" + \
+                (" " + prefill if prefill else "")
         enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
         dev = next(self.model.parameters()).device
         with self._lock, torch.no_grad():
             out = self.model.generate(**{k: v.to(dev) for k, v in enc.items()}, max_new_tokens=self.max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id)
-        return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                      do_sample=False, pad_token_id=self.tok.pad_token_id or self.tok.eos_token_id,
+                                      **({"stop_strings": self.stop, "tokenizer": self.tok} if self.stop else {}),
+                                      **({"no_repeat_ngram_size": self.no_repeat_ngram} if self.no_repeat_ngram else {}))
+        return prefill + self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 class LangChainChat:
@@ -141,14 +158,20 @@ class LLMExtractor:
     """LightRAG-style extraction of one chunk (optional gleaning pass) and description summaries."""
 
     def __init__(self, chat: Any, *, entity_types: Sequence[str], language: str, gleaning: int,
-                 cache: ReplyCache, max_input_chars: int) -> None:
+                 cache: ReplyCache, max_input_chars: int, prompt: str = "lightrag", prefill: bool = False) -> None:
         self.chat = chat
-        self.system = format_system(list(entity_types), language)
+        self.entity_types = list(entity_types)
+        self.system = format_system(self.entity_types, language)
         self.language = language
         self.gleaning = gleaning
         self.cache = cache
         self.max_input_chars = max_input_chars
-        self.prompt_id = hashlib.sha256((self.system + format_user("") + format_glean()).encode()).hexdigest()[:16]
+        self.prompt = prompt
+        self.prefill = f"entity{TUPLE}" if prefill else ""
+        template = (self.system + format_user("") if prompt == "lightrag"
+                    else "\x1e".join(c for _, c in format_fewshot("", self.entity_types, language)))
+        ident = template + format_glean() + (f"\x1fprefill={self.prefill}" if self.prefill else "")
+        self.prompt_id = hashlib.sha256(ident.encode()).hexdigest()[:16]
         self.stats = {"llm_calls": 0, "llm_cached": 0, "llm_s": 0.0}
 
     @property
@@ -188,9 +211,13 @@ class LLMExtractor:
         raws: list[str] = []
         for w in self.windows(text):
             h = text_hash(w)
-            msgs: Messages = [("system", self.system), ("user", format_user(w))]
+            msgs: Messages = ([("system", self.system), ("user", format_user(w))] if self.prompt == "lightrag"
+                              else format_fewshot(w, self.entity_types, self.language))
             try:
-                reply = self._ask("extract", h, msgs)
+                if self.prefill:   # the reply is forced to start as an entity record (hf backend)
+                    reply = self._ask("extract", h, msgs + [("assistant", self.prefill)])
+                else:
+                    reply = self._ask("extract", h, msgs)
                 part = parse_records(reply)
                 raws.append(reply)
                 for g in range(self.gleaning):

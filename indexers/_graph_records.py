@@ -62,6 +62,32 @@ Text:
 
 Records:"""
 
+# ``prompt: fewshot``: a shorter instruction and one worked example as a previous chat turn (LightRAG's
+# own prompt carries worked examples too), for small models that copy the shape of an answer better
+# than they follow a specification. The example is ragkit's own text.
+FEWSHOT_SYSTEM = """You extract a knowledge graph from a text. Write one record per line and nothing else:
+entity{tuple}<name>{tuple}<type>{tuple}<description>
+relation{tuple}<source name>{tuple}<target name>{tuple}<keywords>{tuple}<description>
+Types: {entity_types}. Only use names that occur in the text. Write in {language}. End with {complete}."""
+
+FEWSHOT_TEXT = ("The Eiffel Tower is a wrought-iron tower in Paris. It was designed by the engineering company of "
+                "Gustave Eiffel and completed in 1889 for the World's Fair.")
+
+FEWSHOT_RECORDS = [
+    ("entity", "Eiffel Tower", "Artifact", "The Eiffel Tower is a wrought-iron tower in Paris, completed in 1889."),
+    ("entity", "Paris", "Location", "Paris is the city where the Eiffel Tower stands."),
+    ("entity", "Gustave Eiffel", "Person", "Gustave Eiffel led the engineering company that designed the Eiffel Tower."),
+    ("entity", "World's Fair", "Event", "The World's Fair of 1889 was the occasion for which the Eiffel Tower was built."),
+    ("relation", "Eiffel Tower", "Paris", "location", "The Eiffel Tower stands in Paris."),
+    ("relation", "Gustave Eiffel", "Eiffel Tower", "design, engineering", "Gustave Eiffel's company designed the Eiffel Tower."),
+    ("relation", "Eiffel Tower", "World's Fair", "construction, event", "The Eiffel Tower was completed for the 1889 World's Fair."),
+]
+
+FEWSHOT_USER = """Text:
+{text}
+
+Records:"""
+
 GLEAN_PROMPT = """Some entities and relationships of the text were missed or badly formatted in your last answer. Output only the missing or corrected ones, in the same record format, then {complete}.
 
 Records:"""
@@ -285,3 +311,12 @@ def format_glean() -> str:
 def format_summary(kind: str, name: str, descriptions: list[str], language: str, max_words: int) -> str:
     return SUMMARY_PROMPT.format(kind=kind, name=name, language=language, max_words=max_words,
                                  descriptions="\n".join(f"- {d}" for d in descriptions))
+
+
+def format_fewshot(text: str, entity_types: list[str], language: str) -> list[tuple[str, str]]:
+    """The ``fewshot`` prompt: system instruction, the worked example as a user/assistant turn, the text."""
+    example = "\n".join(TUPLE.join(r) for r in FEWSHOT_RECORDS) + "\n" + COMPLETE
+    return [("system", FEWSHOT_SYSTEM.format(entity_types=", ".join(entity_types), language=language, tuple=TUPLE,
+                                             complete=COMPLETE)),
+            ("user", FEWSHOT_USER.format(text=FEWSHOT_TEXT)), ("assistant", example),
+            ("user", FEWSHOT_USER.format(text=text))]

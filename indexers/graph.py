@@ -46,7 +46,7 @@ from ragkit.stage import CHUNKS, Stage, param
 from ._graph_records import DEFAULT_ENTITY_TYPES, Extraction
 from ._graph_store import GraphIndex, VectorTable
 
-from ._graph_io import FORMAT, KEY, _dump_graph, _forget, load_graph_index, load_state, require_networkx
+from ._graph_io import FORMAT, KEY, _dump_graph, _forget, _vector_keys, load_graph_index, load_state, require_networkx
 
 __all__ = ["GraphIndexer", "load_graph_index", "load_state", "KEY", "FORMAT"]
 
@@ -90,6 +90,13 @@ class GraphIndexer(Stage):
     entity_types: list[str] = param(list(DEFAULT_ENTITY_TYPES), help="entity types named in the prompt")
     language: str = param("English", help="output language asked for in the prompts")
     max_input_chars: int = param(12000, ge=200, help="llm extractor: longer chunks are extracted in windows")
+    prompt: Literal["lightrag", "fewshot"] = param(
+        "lightrag", help="llm extractor prompt: lightrag (full instructions, LightRAG's record format) or fewshot "
+                         "(short instruction + one worked example turn; for small models)")
+    no_repeat_ngram: int = param(0, ge=0, help="llm extractor, hf backend: forbid repeating any n-gram of this many "
+                                               "tokens (0 = off); stops small models from looping on one record")
+    prefill: bool = param(False, help="llm extractor, hf backend: force each reply to start with 'entity<|#|>' "
+                                      "(the model continues a record instead of choosing its own format)")
     llm_cache: bool = param(True, help="cache LLM replies (extractions, summaries) under ragkit's cache dir")
     summarize: Literal["auto", "llm", "join"] = param(
         "auto", help="merged descriptions: llm = LLM summary past the thresholds (LightRAG), join = concatenate, "
@@ -109,6 +116,10 @@ class GraphIndexer(Stage):
     _last_stats = None
 
     def validate(self) -> None:
+        if (self.prefill or self.no_repeat_ngram) and self.llm_backend != "hf":
+            raise ConfigError(f"'{KEY}': parameters 'prefill' and 'no_repeat_ngram' need llm_backend: hf (they steer "
+                              "transformers' generate; a langchain chat model is not driven token by token); set "
+                              "prefill: false and no_repeat_ngram: 0.")
         if not self.entity_types or any(not isinstance(t, str) or not t.strip() for t in self.entity_types):
             raise ConfigError(f"'{KEY}': parameter 'entity_types' must be a non-empty list of names.")
 
@@ -141,9 +152,11 @@ class GraphIndexer(Stage):
                 chat = LangChainChat(self.llm_model, KEY)
             else:
                 chat = HFChat(self.llm_model, device=self.llm_device, dtype=self.llm_dtype,
-                              max_new_tokens=self.max_new_tokens, base_dir=self._base_dir)
+                              max_new_tokens=self.max_new_tokens, base_dir=self._base_dir,
+                              no_repeat_ngram=self.no_repeat_ngram)
             x = LLMExtractor(chat, entity_types=self.entity_types, language=self.language, gleaning=self.gleaning,
-                             cache=ReplyCache(enabled=self.llm_cache), max_input_chars=self.max_input_chars)
+                             cache=ReplyCache(enabled=self.llm_cache), max_input_chars=self.max_input_chars,
+                             prompt=self.prompt, prefill=self.prefill)
             self._llm = x
         return x
 
@@ -352,9 +365,8 @@ class GraphIndexer(Stage):
                            [titles.get(c) for c in cids])
             for name, t in vecs.items():
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(t.vectors, dtype=np.float32))
-            keys = {"entities": vecs["entities"].keys, "relations": [list(k) for k in vecs["relations"].keys],
-                    "chunks": vecs["chunks"].keys}
-            (tmp / "vector_keys.json").write_text(json.dumps(keys, ensure_ascii=False), encoding="utf-8")
+            (tmp / "vector_keys.json").write_text(json.dumps(_vector_keys(vecs), ensure_ascii=False,
+                                                             separators=(",", ":")), encoding="utf-8")
             write_params(tmp, params)
         _forget(folder)
         self._last_stats = stats

@@ -26,11 +26,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from ragkit.artifacts import resolve_path
 from ragkit.errors import ConfigError, IndexArtifactError, MissingDependencyError
 from ragkit.records import Hit, Query, Ranking
+from ragkit.stage import Retriever, param
 
 INDEX_KEY = "indexer.graph"
 _REGISTERED: dict[str, Any] = {}
@@ -389,3 +390,49 @@ def make_ranking(gi: Any, q: Query, scored: list[tuple[str, float, dict[str, Any
 def rank_scores(ids: list[str]) -> list[tuple[str, float]]:
     """Scores for an ordered list: 1/(1+position), so the ranking keeps that order (no float ties)."""
     return [(c, 1.0 / (1 + i)) for i, c in enumerate(ids)]
+
+
+class GraphRetrieverBase(Retriever):
+    """What ``retriever.lightrag``, ``retriever.pathrag`` and ``retriever.ppr`` share: the parameters
+    every graph retriever takes (index, k, text, query keywords, budget tokenizer, encoder and extractor
+    checks), setup (the loaded index, the keyword extractor, the token counter) and ``run``, which calls
+    the subclass's ``retrieve(gi, query)`` once per query."""
+
+    index: str = param(help="folder written by indexer.graph")
+    k: int = param(10, ge=1, help="chunk hits per query")
+    text: bool = param(False, help="put the chunk text on each hit")
+    keywords: Literal["auto", "llm", "spacy", "simple"] = param(
+        "auto", help="query keyword extraction (auto: llm if set, else spacy if installed, else simple)")
+    llm: str = param("", help="causal LM for keyword extraction (short name or path; empty = none)")
+    tokenizer: str = param("", help="tokenizer counting budgets (empty = words and punctuation)")
+    model: str = param("", help="must equal the index's encoder if given")
+    extractor: str = param("", help="must equal the index's extractor if given")
+
+    _gi = None       # the loaded GraphIndex
+    _count = None    # token counter for the budgets
+    _llm_fn = None   # keyword LLM (set_keyword_llm or `llm`); kept across setup()
+    _kw = None       # the query keyword extractor
+
+    def _setup(self) -> None:
+        self._gi = load_index(self)
+        self._count = make_counter(self.tokenizer, self._base_dir)
+        if self._llm_fn is None and self.llm:
+            self._llm_fn = hf_chat_fn(self.llm, self._base_dir)
+        self._kw = KeywordExtractor(self.keywords, self._llm_fn)
+
+    def set_keyword_llm(self, llm: Any) -> "GraphRetrieverBase":
+        """Extract query keywords with ``llm`` (a ``prompt -> str`` callable or a langchain chat model)."""
+        self._llm_fn = as_prompt_fn(llm)
+        if self._kw is not None:
+            self._kw = KeywordExtractor(self.keywords, self._llm_fn)
+        return self
+
+    def keywords_of(self, text: str) -> Keywords:
+        return self._kw(text)
+
+    def run(self, batch: list[Query]) -> list[Ranking]:
+        gi = self._gi
+        return [self.retrieve(gi, q) for q in batch]
+
+    def retrieve(self, gi: Any, q: Query) -> Ranking:   # pragma: no cover - every subclass defines it
+        raise NotImplementedError

@@ -31,47 +31,18 @@ from typing import Any, Literal
 
 from ragkit.records import Query, Ranking
 from ragkit.registry import register
-from ragkit.stage import Retriever, param
+from ragkit.stage import param
 
-from ._graph import (KeywordExtractor, Keywords, as_prompt_fn, entity_line, entity_record, hf_chat_fn, load_index,
-                     make_counter, make_ranking, rank_scores, relation_line, relation_record, truncate_by_tokens)
+from ._graph import (GraphRetrieverBase, Keywords, entity_line, entity_record, make_ranking, rank_scores,
+                     relation_line, relation_record, truncate_by_tokens)
 
 Mode = Literal["local", "global", "hybrid", "mix", "naive"]
-
-
-class GraphRetrieverBase(Retriever):
-    """Shared setup of the graph retrievers (index, keyword extractor, token counter)."""
-
-    _gi = None       # the loaded GraphIndex
-    _count = None    # token counter for the budgets
-    _llm_fn = None   # keyword LLM (set_keyword_llm or `llm`); kept across setup()
-    _kw = None       # the query keyword extractor
-
-    def _setup(self) -> None:
-        self._gi = load_index(self)
-        self._count = make_counter(getattr(self, "tokenizer", ""), self._base_dir)
-        if self._llm_fn is None and getattr(self, "llm", ""):
-            self._llm_fn = hf_chat_fn(self.llm, self._base_dir)
-        self._kw = KeywordExtractor(getattr(self, "keywords", "auto"), self._llm_fn)
-
-    def set_keyword_llm(self, llm: Any) -> "GraphRetrieverBase":
-        """Extract query keywords with ``llm`` (a ``prompt -> str`` callable or a langchain chat model)."""
-        self._llm_fn = as_prompt_fn(llm)
-        if self._kw is not None:
-            self._kw = KeywordExtractor(getattr(self, "keywords", "auto"), self._llm_fn)
-        return self
-
-    def keywords_of(self, text: str) -> Keywords:
-        return self._kw(text)
 
 
 @register("retriever.lightrag")
 class LightRAGRetriever(GraphRetrieverBase):
     """LightRAG dual-level graph retrieval (local, global, hybrid, mix, naive) over an indexer.graph index."""
 
-    index: str = param(help="folder written by indexer.graph")
-    k: int = param(10, ge=1, help="chunk hits per query")
-    text: bool = param(False, help="put the chunk text on each hit")
     mode: Mode = param("hybrid", help="local: entities first; global: relations first; hybrid: both; "
                                       "mix: hybrid + chunk vector search; naive: chunk vector search only")
     top_k: int = param(40, ge=1, help="entities (local) / relations (global) taken from the vector search")
@@ -82,16 +53,6 @@ class LightRAGRetriever(GraphRetrieverBase):
     max_entity_tokens: int = param(6000, ge=0, help="token budget of the entity context")
     max_relation_tokens: int = param(8000, ge=0, help="token budget of the relation context")
     max_total_tokens: int = param(30000, ge=1, help="budget of entities + relations + chunks")
-    keywords: Literal["auto", "llm", "spacy", "simple"] = param(
-        "auto", help="query keyword extraction (auto: llm if set, else spacy if installed, else simple)")
-    llm: str = param("", help="causal LM for keyword extraction (short name or path; empty = none)")
-    tokenizer: str = param("", help="tokenizer counting budgets (empty = words and punctuation)")
-    model: str = param("", help="must equal the index's encoder if given")
-    extractor: str = param("", help="must equal the index's extractor if given")
-
-    def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self._gi
-        return [self.retrieve(gi, q) for q in batch]
 
     # -- one query -------------------------------------------------------------------------------
     def retrieve(self, gi: Any, q: Query) -> Ranking:

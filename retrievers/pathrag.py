@@ -26,14 +26,15 @@ A query matching no entity falls back to chunk vector search and says so in the 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Any
 
 from ragkit.records import Query, Ranking
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._graph import entity_record, make_ranking, rank_scores, relation_line, relation_record, truncate_by_tokens
-from .lightrag import GraphRetrieverBase, _round_robin, _weighted_polling
+from ._graph import (GraphRetrieverBase, entity_record, make_ranking, rank_scores, relation_line, relation_record,
+                     truncate_by_tokens)
+from .lightrag import _round_robin, _weighted_polling
 
 
 def paths_between(g: Any, s: str, t: str, max_hops: int) -> list[tuple[str, ...]]:
@@ -138,9 +139,6 @@ def path_text(gi: Any, path: tuple[str, ...]) -> str:
 class PathRAGRetriever(GraphRetrieverBase):
     """PathRAG: entity pairs' paths (<= 3 hops), flow-based pruning, most reliable path last."""
 
-    index: str = param(help="folder written by indexer.graph")
-    k: int = param(10, ge=1, help="chunk hits per query")
-    text: bool = param(False, help="put the chunk text on each hit")
     top_k: int = param(20, ge=1, help="entities retrieved for the query (the path end points)")
     max_hops: int = param(3, ge=1, le=3, help="longest path, in edges")
     alpha: float = param(0.8, gt=0, le=1, help="flow decay per hop")
@@ -150,16 +148,6 @@ class PathRAGRetriever(GraphRetrieverBase):
     related_chunk_number: int = param(5, ge=1, help="chunk quota of the first entity (weight pick)")
     max_path_tokens: int = param(4000, ge=0, help="token budget of the rendered paths")
     max_total_tokens: int = param(30000, ge=1, help="budget of paths + chunks")
-    keywords: Literal["auto", "llm", "spacy", "simple"] = param(
-        "auto", help="query keyword extraction (auto: llm if set, else spacy if installed, else simple)")
-    llm: str = param("", help="causal LM for keyword extraction (short name or path; empty = none)")
-    tokenizer: str = param("", help="tokenizer counting budgets (empty = words and punctuation)")
-    model: str = param("", help="must equal the index's encoder if given")
-    extractor: str = param("", help="must equal the index's extractor if given")
-
-    def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self._gi
-        return [self.retrieve(gi, q) for q in batch]
 
     def retrieve(self, gi: Any, q: Query) -> Ranking:
         count = self._count

@@ -32,8 +32,7 @@ from ragkit.records import Query, Ranking
 from ragkit.registry import register
 from ragkit.stage import param
 
-from ._graph import entity_record, make_ranking, relation_record
-from .lightrag import GraphRetrieverBase
+from ._graph import GraphRetrieverBase, entity_record, make_ranking, relation_record
 
 _GRAPHS: dict[tuple, Any] = {}
 _GLOCK = threading.Lock()
@@ -120,9 +119,6 @@ class PPRGraph:
 class PPRRetriever(GraphRetrieverBase):
     """HippoRAG 2-style personalized PageRank over entities and passages; passages ranked by PPR mass."""
 
-    index: str = param(help="folder written by indexer.graph")
-    k: int = param(10, ge=1, help="chunk hits per query")
-    text: bool = param(False, help="put the chunk text on each hit")
     damping: float = param(0.5, gt=0, lt=1, help="probability of following an edge (HippoRAG 2: 0.5)")
     seed: Literal["facts", "entities", "both"] = param("both", help="entity seeds: from the query's best "
                                                                     "relations (facts), its keyword entities, or both")
@@ -133,12 +129,6 @@ class PPRRetriever(GraphRetrieverBase):
     synonym_neighbors: int = param(10, ge=0, help="most synonymy edges per entity (0 = none)")
     title_links: bool = param(True, help="link each passage to the entity its title names (if that entity exists)")
     context_entities: int = param(10, ge=0, help="top PPR entities listed in the graph context")
-    keywords: Literal["auto", "llm", "spacy", "simple"] = param(
-        "auto", help="query keyword extraction (auto: llm if set, else spacy if installed, else simple)")
-    llm: str = param("", help="causal LM for keyword extraction (short name or path; empty = none)")
-    tokenizer: str = param("", help="tokenizer counting budgets (empty = words and punctuation)")
-    model: str = param("", help="must equal the index's encoder if given")
-    extractor: str = param("", help="must equal the index's extractor if given")
 
     def _setup(self) -> None:
         super()._setup()
@@ -150,10 +140,6 @@ class PPRRetriever(GraphRetrieverBase):
                 pg = (gi, PPRGraph(gi, self.synonym_threshold, self.synonym_neighbors, self.title_links))
                 _GRAPHS[key] = pg
         self._pg = pg[1]
-
-    def run(self, batch: list[Query]) -> list[Ranking]:
-        gi = self._gi
-        return [self.retrieve(gi, q) for q in batch]
 
     def retrieve(self, gi: Any, q: Query) -> Ranking:
         pg: PPRGraph = self._pg

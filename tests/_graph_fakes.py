@@ -63,3 +63,25 @@ class RecordsChatModel(BaseChatModel):
                 raise RuntimeError("the model is down")
             out = records_for(text)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=out))])
+
+
+class ReplayChatModel(BaseChatModel):
+    """Answers an extraction prompt with a stored reply: the one whose chunk text occurs in the prompt
+    (recorded LLM outputs replayed, so two graph builders can be fed the very same extraction)."""
+
+    replies: dict = {}
+    tag: str = "replay"
+
+    @property
+    def _llm_type(self) -> str:
+        return "replay-fake"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"tag": self.tag}
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        prompt = "\n".join(str(m.content) for m in messages)
+        out = next((r for t, r in self.replies.items() if t in prompt), DONE)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=out))])

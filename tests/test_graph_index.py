@@ -256,6 +256,50 @@ def test_load_errors(tmp_path, rules_model):
         load_graph_index(tmp_path / "g")
 
 
+def test_fast_load_builds_the_graph_networkx_would(tmp_path, rules_model):
+    """load_graph_index builds networkx's adjacency directly (GC paused, orjson): the result must be the
+    graph node_link_graph + the restored ``descriptions`` gives, in the same node, edge and neighbour order."""
+    import networkx as nx
+
+    from ragkit.indexers._graph_io import _read_graph
+
+    llm_indexer(tmp_path / "g", rules_model)(chunks())
+    folder = tmp_path / "g"
+    data = json.loads((folder / "graph.json").read_text())
+    ref = nx.node_link_graph(data, edges="edges")
+    for _, a in list(ref.nodes(data=True)) + [(None, a) for *_, a in ref.edges(data=True)]:
+        if "descriptions" not in a:
+            a["descriptions"] = a["description"].split("\n") if a["description"] else []
+    g = _read_graph(folder)
+    assert list(g.nodes(data=True)) == list(ref.nodes(data=True))
+    assert list(g.edges(data=True)) == list(ref.edges(data=True))
+    assert all(list(g.adj[n]) == list(ref.adj[n]) for n in ref)
+    assert g.edges["acme", "alice"] is g.edges["alice", "acme"]          # one attribute dict per edge, as networkx
+    assert dict(g.degree()) == dict(ref.degree()) and g.number_of_edges() == ref.number_of_edges()
+    g.add_edge("acme", "zed", weight=1.0)                                  # still an ordinary, mutable networkx graph
+    assert "zed" in g and g.has_edge("zed", "acme")
+    idx = load_graph_index(folder)
+    assert isinstance(idx.entities.vectors, np.memmap) and not idx.entities.vectors.flags.writeable   # paged in lazily
+    keys = json.loads((folder / "vector_keys.json").read_text())
+    assert "relation_rows" in keys and "relations" not in keys                 # relation keys stored as entity rows
+    assert idx.relations.keys == sorted(tuple(sorted(e)) for e in idx.graph.edges)
+    # an index written before relation_rows (explicit key pairs) still loads
+    keys["relations"] = [[keys["entities"][a], keys["entities"][b]] for a, b in keys.pop("relation_rows")]
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(folder, old)
+    (old / "vector_keys.json").write_text(json.dumps(keys), encoding="utf-8")
+    from ragkit.indexers._graph_io import _read_vectors
+
+    assert _read_vectors(old, idx.entities.vectors.shape[1])["relations"].keys == idx.relations.keys
+    keys2 = json.loads((folder / "vector_keys.json").read_text())
+    keys2["relation_rows"][0][0] = -1
+    (old / "vector_keys.json").write_text(json.dumps(keys2), encoding="utf-8")
+    with pytest.raises(IndexArtifactError, match="vector_keys.json"):
+        _read_vectors(old, idx.entities.vectors.shape[1])
+
+
 # -- incremental ---------------------------------------------------------------------------------
 def _same_index(p1, p2):
     a, b = load_graph_index(p1), load_graph_index(p2)
@@ -470,3 +514,47 @@ def test_hf_backend_mechanics_with_a_tiny_random_lm(tmp_path):
                          llm_device="cpu", max_new_tokens=6)
     again(chunks(["c"]))
     assert load_graph_index(tmp_path / "g2").params["stats"]["llm_calls"] == 0
+
+
+def test_fewshot_prompt_prefill_and_no_repeat_ngram(tmp_path):
+    """prompt: fewshot sends the worked example as a previous turn; prefill (hf) forces the reply to start
+    as an entity record; both and no_repeat_ngram enter the cache keys / identity; the langchain backend
+    refuses the two generate-level options."""
+    pytest.importorskip("transformers")
+    from langchain_core.messages import AIMessage
+
+    from ragkit.indexers._graph_records import FEWSHOT_TEXT
+
+    from ._graph_fakes import ReplayChatModel
+    from .conformance_examples import tiny
+
+    seen = []
+
+    class Capture(ReplayChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kw):
+            seen.append(messages)
+            return super()._generate(messages, stop, run_manager, **kw)
+
+    text = TEXTS["c"][0]
+    register_model("graph-fewshot", Capture(replies={text: f"entity{T}Carol{T}person{T}Carol sells.\n{DONE}"},
+                                            tag=str(tmp_path)))
+    ix = llm_indexer(tmp_path / "fs", "graph-fewshot", prompt="fewshot", llm_cache=False)
+    ix(chunks(["c"]))
+    roles = [type(m).__name__ for m in seen[0]]
+    assert roles == ["SystemMessage", "HumanMessage", "AIMessage", "HumanMessage"]
+    assert FEWSHOT_TEXT in seen[0][1].content and isinstance(seen[0][2], AIMessage) and text in seen[0][3].content
+    assert list(load_graph_index(tmp_path / "fs").graph.nodes) == ["carol"]
+    plain = llm_indexer(tmp_path / "p", "graph-fewshot").llm().prompt_id
+    assert ix.llm().prompt_id != plain
+
+    lm = tiny("lm", tmp_path)
+    hf = GraphIndexer(path=str(tmp_path / "g"), model="hash", extractor="llm", llm_backend="hf", llm_model=lm,
+                      llm_device="cpu", max_new_tokens=4, prompt="fewshot", prefill=True, no_repeat_ngram=3,
+                      llm_cache=False)
+    x = hf.llm()
+    _, raws = x.extract(text, "c#0")
+    assert raws[0].startswith(f"entity{T}")                       # the model continued a started record
+    assert x.identity.endswith(":no_repeat_ngram=3") and x.prompt_id != ix.llm().prompt_id
+    for bad in ({"prefill": True}, {"no_repeat_ngram": 4}):
+        with pytest.raises(ConfigError, match="need llm_backend: hf"):
+            llm_indexer(tmp_path / "x", "graph-fewshot", **bad)
