@@ -27,6 +27,8 @@ from ragkit.artifacts import read_params, read_shard_manifest, shard_name, write
 from ragkit.errors import IndexArtifactError, StageInputError
 from ragkit.records import Chunk
 
+from ._faiss import DenseParams
+
 KEY = "indexer.dense"
 _ENCODERS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -130,7 +132,7 @@ def shard_write(tmp: Path, payloads: list[dict], glob: dict, params: dict) -> No
     write_shard_manifest(tmp, KEY, uuid.uuid4().hex, shards)
 
 
-class ShardedDenseIndex:
+class ShardedDenseIndex(DenseParams):
     """The shards of a sharded dense folder, searched one after another and merged exactly."""
 
     def __init__(self, params: dict, shards: list, manifest: dict) -> None:
@@ -139,13 +141,6 @@ class ShardedDenseIndex:
         self.chunk_ids = [x for s in shards for x in s.chunk_ids]
         self.doc_ids = [x for s in shards for x in s.doc_ids]
 
-    @property
-    def kind(self) -> str:
-        return self.params["index_type"]
-
-    @property
-    def dim(self) -> int:
-        return int(self.params["dim"])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -84,7 +84,21 @@ def train_sample(vecs: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return vecs[np.sort(rng.choice(len(vecs), size, replace=False))]
 
 
-class DenseIndex:
+class DenseParams:
+    """``kind`` and ``dim`` of a dense index (single, sharded, or searched on workers), from its params."""
+
+    params: dict
+
+    @property
+    def kind(self) -> str:
+        return self.params["index_type"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.params["dim"])
+
+
+class DenseIndex(DenseParams):
     """An ID-mapped FAISS index plus its document store, in memory."""
 
     def __init__(self, index: Any, params: dict[str, Any], ids: np.ndarray, chunk_ids: list[str],
@@ -103,13 +117,6 @@ class DenseIndex:
         self.folder: Path | None = None
 
     # -- basic properties ------------------------------------------------------------------------
-    @property
-    def kind(self) -> str:
-        return self.params["index_type"]
-
-    @property
-    def dim(self) -> int:
-        return int(self.params["dim"])
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -124,6 +124,11 @@ def model_identity(path: str | os.PathLike | None, *, name: str = "") -> str:
         return h.hexdigest()[:20]
     p = Path(path)
     files = [p] if p.is_file() else model_files(p)
+    return _hash_files(h, p, files)
+
+
+def _hash_files(h, p: Path, files: list[Path]) -> str:
+    """Feed each file's relative name and content digest into ``h``; the short hex digest."""
     store = _load_store()
     before = dict(store)
     for f in files:
@@ -142,15 +147,7 @@ def weights_identity(path: str | os.PathLike) -> str:
     what an adapter trained on this model must be applied to (:mod:`ragkit.adapters`)."""
     p = Path(path)
     files = [p] if p.is_file() else [f for f in model_files(p) if f.suffix.lower() in WEIGHT_SUFFIXES]
-    store = _load_store()
-    before = dict(store)
-    h = hashlib.sha256()
-    for f in files:
-        rel = f.name if p.is_file() else f.relative_to(p).as_posix()
-        h.update(rel.encode() + b"\x1f" + file_digest(f, store).encode() + b"\x1e")
-    if store != before:
-        _save_store(store)
-    return h.hexdigest()[:20]
+    return _hash_files(hashlib.sha256(), p, files)
 
 
 __all__ = ["model_identity", "weights_identity", "model_files", "file_digest", "library_versions", "SUFFIXES", "NUMERIC_LIBS",

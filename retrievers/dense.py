@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ragkit.artifacts import resolve_path
+from ragkit.indexers._faiss import DenseParams
 from ragkit.errors import ConfigError, IndexArtifactError
 from ragkit.records import Hit, Query, Ranking
 from ragkit.registry import register
@@ -34,7 +35,7 @@ def hits_from_rows(q: Query, scores, rows, idx, with_text: bool) -> Ranking:
     return Ranking(q, tuple(hits))
 
 
-class _RemoteHead:
+class _RemoteHead(DenseParams):
     """What the client of a sharded index searched on workers holds: params and manifest, no vectors."""
 
     def __init__(self, params: dict, manifest: dict) -> None:
@@ -49,14 +50,6 @@ class _RemoteHead:
                                      f"is a single index. Build it with `ragkit index --cluster ...` or drop 'cluster'.")
         return cls(read_params(folder, expect_key=INDEX_KEY),
                    read_shard_manifest(folder, expect_stage=INDEX_KEY, expect_shards=expect_shards))
-
-    @property
-    def kind(self) -> str:
-        return self.params["index_type"]
-
-    @property
-    def dim(self) -> int:
-        return int(self.params["dim"])
 
     def __len__(self) -> int:
         return int(self.manifest["total"])

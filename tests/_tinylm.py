@@ -47,3 +47,23 @@ def make_tiny_lm(folder: Path, *, layers: int = 2, seed: int = 0, chat: bool = T
     model.save_pretrained(str(folder))
     fast.save_pretrained(str(folder))
     return folder
+
+
+def tiny_llama():
+    """A random 3-layer Llama (4 query / 2 KV heads, vocab 120), in memory, for KV-reuse mechanics tests."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                   rope_theta=10000.0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def rand_ids(n: int, seed: int) -> list[int]:
+    """n random token ids of :func:`tiny_llama`'s vocabulary (special ids 0-2 left out)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 120, (n,), generator=g).tolist()

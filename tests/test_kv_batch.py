@@ -15,23 +15,14 @@ from ragkit.kv import KVReuseEngine  # noqa: E402
 from ragkit.kv.reuse import _cache_kv  # noqa: E402
 from ragkit._hfcompat import cache_kw, output_cache  # noqa: E402
 
-from ._tinylm import make_tiny_lm  # noqa: E402
+from ._tinylm import make_tiny_lm, rand_ids, tiny_llama  # noqa: E402
 
 ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                   rope_theta=10000.0)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def rand_ids(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 120, (n,), generator=g).tolist()
+    return tiny_llama()
 
 
 def prompts(eng, cached_glue: bool):

@@ -22,23 +22,14 @@ from ragkit._hfcompat import cache_kw  # noqa: E402
 from ragkit.generators._block import FINAL, PREFIX, block_forward, block_layout  # noqa: E402
 from ragkit.kv.reuse import KVReuseEngine  # noqa: E402
 
-from ._tinylm import WORDS, make_tiny_lm  # noqa: E402
+from ._tinylm import WORDS, make_tiny_lm, rand_ids, tiny_llama  # noqa: E402
 
 ATOL = 1e-4      # as tests/test_kv_reuse.py
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                   rope_theta=10000.0)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def rand_ids(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 120, (n,), generator=g).tolist()
+    return tiny_llama()
 
 
 def test_block_layout_mask_and_positions():
