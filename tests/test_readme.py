@@ -104,7 +104,6 @@ def test_graph_block_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(ragkit.ingest, "read_documents", first_paragraphs)
     ns: dict = {}
     exec(compile(next(b for b in BLOCKS if "read_documents(" in b), "README.md", "exec"), ns)
-    _first_articles(ns)
     exec(compile(next(b for b in BLOCKS if "GraphIndexer(" in b), "README.md", "exec"), ns)
     assert len(ns["docs"]) == 96 and {d.doc_id.split("-")[0] for d in ns["docs"]} == {str(i) for i in range(24)}
     assert ns["hits"] and ns["hits"][0].doc_id.startswith("0-")
