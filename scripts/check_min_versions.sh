@@ -27,26 +27,7 @@ OUT=${MINVER_OUT:-benchmarks/results/min_versions.md}
 # model-tier tests left out of --cheap: real-data evaluations and whole-pipeline runs (minutes each)
 CHEAP_EXCLUDE="not test_shipped_lora_reranker and not test_pipeline_runs_with_real_models and not test_dense_block_runs and not test_graph_block_runs"
 
-python3 - "$WORK/min.txt" <<'PYEOF'
-import os, re, sys, tomllib
-data = tomllib.load(open("pyproject.toml", "rb"))["project"]
-reqs = list(data["dependencies"])
-for extra in ("dense", "graph", "llm", "langchain", "lora", "dev"):
-    reqs += data["optional-dependencies"][extra]
-pins = {}
-for r in reqs:
-    m = re.match(r"^([A-Za-z0-9_.\-\[\]]+?)\s*>=\s*([0-9][^,;\s]*)", r)
-    if not m:
-        continue
-    name = re.sub(r"\[.*\]", "", m.group(1)).lower()
-    if name == "torch":        # the CPU wheel pinned by constraints-cpu.txt
-        continue
-    pins[name] = m.group(2)
-for extra in os.environ.get("MINVER_PINS", "").split():
-    n, v = extra.split("==")
-    pins[n.lower()] = v
-open(sys.argv[1], "w").write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
-PYEOF
+python3 scripts/min_pins.py "$WORK/min.txt"
 
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q --upgrade pip
