@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("networkx")
-pytest.importorskip("langchain_core")
+from ._integration import import_or_unavailable
+
+import_or_unavailable("networkx", "graph")
+import_or_unavailable("langchain_core", "langchain")
 
 from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
 
@@ -499,7 +501,7 @@ def test_fast_vector_table_equals_the_contract_search():
 def test_hf_backend_mechanics_with_a_tiny_random_lm(tmp_path):
     """The hf backend end to end on a tiny random Llama: its (garbage) replies are parsed without a crash,
     counted, cached, and the index is written. Real-model figures: benchmarks/bench_graph_index.py llm."""
-    pytest.importorskip("transformers")
+    import_or_unavailable("transformers", "llm", module_level=False)
     from .conformance_examples import tiny
 
     lm = tiny("lm", tmp_path)
@@ -520,7 +522,7 @@ def test_fewshot_prompt_prefill_and_no_repeat_ngram(tmp_path):
     """prompt: fewshot sends the worked example as a previous turn; prefill (hf) forces the reply to start
     as an entity record; both and no_repeat_ngram enter the cache keys / identity; the langchain backend
     refuses the two generate-level options."""
-    pytest.importorskip("transformers")
+    import_or_unavailable("transformers", "llm", module_level=False)
     from langchain_core.messages import AIMessage
 
     from ragkit.indexers._graph_records import FEWSHOT_TEXT

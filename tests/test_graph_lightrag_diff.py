@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._integration import import_or_unavailable
+
 from ragkit.records import Query
 from ragkit.testing import HashEmbedder
 
@@ -152,7 +154,7 @@ def _graph_index_from_lightrag(workdir: str):
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    pytest.importorskip("lightrag")
+    import_or_unavailable("lightrag", "dev", module_level=False)
     work = str(tmp_path_factory.mktemp("lightrag"))
     loop = asyncio.new_event_loop()
     rag = loop.run_until_complete(_build_lightrag(work))
@@ -311,7 +313,7 @@ def test_merged_graph_same_as_lightrag(source, tmp_path):
     from ragkit.indexers._graph_records import parse_records
     from ragkit.indexers._graph_store import normalize_name
 
-    pytest.importorskip("lightrag")
+    import_or_unavailable("lightrag", "dev", module_level=False)
     if source == "fake-records":
         docs, replies = DOCS, _replies_fake_records()
     else:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from ._integration import import_or_unavailable  # noqa: E402
+
+torch = import_or_unavailable("torch", "llm")
+transformers = import_or_unavailable("transformers", "llm")
 
 from ragkit.kv import KVReuseEngine  # noqa: E402
 from ragkit.kv.reuse import _cache_kv  # noqa: E402

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._integration import import_or_unavailable
+
 from ragkit.errors import ConfigError
 from ragkit.indexers._encoder import Encoder
 
@@ -28,7 +30,7 @@ def test_backend_choices_checked():
 
 @pytest.mark.model
 def test_onnx_matches_torch_and_int8_is_close():
-    pytest.importorskip("onnxruntime")
+    import_or_unavailable("onnxruntime", "onnx", module_level=False)
     ref = Encoder("minilm", cache=False).encode_documents(TEXTS)
     f32 = Encoder("minilm", backend="onnx", cache=False).encode_documents(TEXTS)
     assert np.abs(ref - f32).max() < 1e-4  # same graph, same pooling and normalisation
@@ -39,7 +41,7 @@ def test_onnx_matches_torch_and_int8_is_close():
 
 @pytest.mark.model
 def test_index_records_backend_and_retriever_uses_it(tmp_path):
-    pytest.importorskip("onnxruntime")
+    import_or_unavailable("onnxruntime", "onnx", module_level=False)
     from ragkit.indexers.dense import DenseIndexer
     from ragkit.pipeline import Pipeline
     from ragkit.records import Document
@@ -66,7 +68,7 @@ PAIRS = [("who wrote the book", "the book was written by a man in the city"),
 
 @pytest.mark.parametrize("labels", [1, 2])
 def test_cross_encoder_onnx_matches_torch(tmp_path, labels):
-    pytest.importorskip("onnxruntime")
+    import_or_unavailable("onnxruntime", "onnx", module_level=False)
     from ragkit.rerankers.cross_encoder import CrossEncoderReranker
 
     from ._tiny_models import tiny_bert

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ._integration import import_or_unavailable
+
 from ragkit.config import ExecutorSpec
 from ragkit.errors import ConfigError, IndexArtifactError, ModelNotFoundError
 from ragkit.eval.datasets import load_dataset
@@ -178,7 +180,7 @@ def test_cli_cluster_flag_validated(capsys):
 
 
 def test_unreachable_scheduler_fails_fast(tmp_path):
-    pytest.importorskip("distributed")
+    import_or_unavailable("distributed", "dask", module_level=False)
     from ragkit.distributed import ClusterError
 
     docs, _ = sample()
@@ -191,7 +193,7 @@ def test_unreachable_scheduler_fails_fast(tmp_path):
 
 
 def test_unreachable_scheduler_reported_before_the_corpus_is_read(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("distributed")
+    import_or_unavailable("distributed", "dask", module_level=False)
     import ragkit.ingest
     from ragkit.cli import main
     from ragkit.distributed import ClusterError
@@ -225,7 +227,7 @@ executor: {cluster: "tcp://127.0.0.1:9", connect_timeout: 1}
 def test_address_that_is_not_a_dask_scheduler(tmp_path):
     """Something listens at the address but answers garbage (an HTTP server, a proxy): a clear ClusterError,
     at once, not a hang or a MemoryError from a garbage length header."""
-    pytest.importorskip("distributed")
+    import_or_unavailable("distributed", "dask", module_level=False)
     import socket
     import threading
 
@@ -295,7 +297,7 @@ class KillWorker(Stage):
 
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("distributed")
+    distributed = import_or_unavailable("distributed", "dask", module_level=False)
     import logging
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -431,7 +433,7 @@ def test_incremental_update_per_shard(tmp_path):
 
 @pytest.mark.slow
 def test_local_cluster_stays_on_loopback():
-    pytest.importorskip("distributed")
+    import_or_unavailable("distributed", "dask", module_level=False)
     from ragkit.distributed import open_executor
 
     with open_executor("local:1") as ex:

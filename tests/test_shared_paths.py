@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ._integration import import_or_unavailable
+
 from ragkit.errors import DataError, MissingDependencyError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +66,7 @@ def test_generator_and_llm_reranker_go_through_the_shared_loader(tmp_path, monke
     """Both causal-LM stages refuse a missing GPU the same way (the shared pick_device), and both
     load the same folder through ragkit.models.load_causal_lm."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    import_or_unavailable("transformers", "llm", module_level=False)
     import ragkit.models as models
     from ragkit.generators.hf import HFGenerator
     from ragkit.rerankers.llm import LLMReranker
