@@ -14,6 +14,8 @@ Both take the child retrievers as parameters, so a fused pipeline has a YAML for
 """
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import numpy as np
@@ -56,16 +58,19 @@ class _Fusion(Retriever):
         weights = self.weights or [1.0] * len(self.retrievers)
         out = []
         for qi, q in enumerate(batch):
-            scores: dict[tuple[str, str | None], float] = {}
+            # each document's contributions, summed with math.fsum (correctly rounded), so the fused score and
+            # hence ties do not depend on the order of the retrievers
+            parts: dict[tuple[str, str | None], list[float]] = {}
             first: dict[tuple[str, str | None], Hit] = {}
             for w, rankings in zip(weights, per_retriever):
                 hits = rankings[qi].hits
                 for h, s in zip(hits, self._contributions(hits)):
                     key = (h.doc_id, h.chunk_id)
-                    scores[key] = scores.get(key, 0.0) + w * s
+                    parts.setdefault(key, []).append(w * s)
                     if key not in first or (first[key].text is None and h.text is not None):
                         first[key] = h
-            hits = [Hit(q.qid, d, sc, 0, first[(d, c)].text, c, first[(d, c)].meta) for (d, c), sc in scores.items()]
+            hits = [Hit(q.qid, d, math.fsum(ps), 0, first[(d, c)].text, c, first[(d, c)].meta)
+                    for (d, c), ps in parts.items()]
             out.append(Ranking(q, tuple(hits)).top(self.k))
         return out
 
