@@ -16,6 +16,7 @@ answer cites the gold passage's number) and ``cite_any``. Greedy, max 32 new tok
 
   python benchmarks/bench_train_generator.py quality --set nq10 --n 200 --cells base-none,base-plain
   python benchmarks/bench_train_generator.py quality --set nq10 --n 200 --cells tuned-none,tuned-plain,tuned-blend
+  python benchmarks/bench_train_generator.py quality --set squad --start 100 --n 100   # extend to 200
   python benchmarks/bench_train_generator.py report        # train_generator.md (+ paired significance)
 
 Each run writes ``benchmarks/results/train_generator_<set>_<cells>.json`` (per-question records, the
@@ -71,7 +72,7 @@ def items(args) -> list[dict]:
     ds = load_dataset(name)
     qids = [q for q in heldout(ds, args.adapter, args.holdout_every) if ds.answers.get(q)]
     random.Random(args.seed).shuffle(qids)
-    qids = qids[:args.n]
+    qids = qids[args.start:args.start + args.n]
     docs = {d.doc_id: d for d in ds.corpus}
     bm25 = BM25(list(docs), [d.text for d in docs.values()])
     qtext = {q.qid: q.text for q in ds.queries}
@@ -85,7 +86,7 @@ def items(args) -> list[dict]:
         else:
             negs = [d for d, _ in row if d not in gold][:k - 1]
             g = sorted(gold)[0]
-            pos = i % k
+            pos = (args.start + i) % k
             order = negs[:pos] + [g] + negs[pos:]
         out.append({"qid": q, "question": qtext[q], "answers": ds.answers[q], "gold": sorted(gold),
                     "hits": [(d, docs[d].text, (docs[d].meta or {}).get("title")) for d in order]})
@@ -143,7 +144,8 @@ def quality(args) -> None:
         res["cells_done"] = [x for x in cells if x in res["seconds"]]   # written after every cell (partial runs count)
         res["machine"]["load_avg_end"] = os.getloadavg()
         res["wall_s"] = round(time.time() - t_all, 1)
-        out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}.json")
+        part = f"_from{args.start}" if args.start else ""
+        out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}{part}.json")
         out.write_text(json.dumps(res, indent=1))
         print("wrote", out)
     for c in cells:
@@ -225,6 +227,8 @@ def main(argv=None) -> None:
     q = sub.add_parser("quality")
     q.add_argument("--set", choices=["nq10", "nq20", "squad"], required=True)
     q.add_argument("--n", type=int, default=200)
+    q.add_argument("--start", type=int, default=0,
+                   help="skip the first START questions of the set's fixed order (to extend an earlier run)")
     q.add_argument("--cells", default=",".join(CELLS))
     q.add_argument("--adapter", default="smollm2-rag", help="adapter (held-out ids come from it)")
     q.add_argument("--holdout-every", type=int, default=3, help="as the adapter's train-generator run")

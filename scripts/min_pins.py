@@ -13,6 +13,11 @@ import tomllib
 
 EXTRAS = ("dense", "graph", "llm", "langchain", "lora", "dev")
 
+
+def _key(v: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.\-]", v))
+
+
 data = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = list(data["dependencies"])
 for extra in EXTRAS:
@@ -23,8 +28,8 @@ for r in reqs:
     m = re.match(r"^([A-Za-z0-9_.\-\[\]]+?)\s*>=\s*([0-9][^,;\s]*)", r)
     if m:
         name = re.sub(r"\[.*\]", "", m.group(1)).lower()
-        if name not in skip:
-            pins[name] = m.group(2)
+        if name not in skip and (name not in pins or _key(m.group(2)) > _key(pins[name])):
+            pins[name] = m.group(2)     # a package bounded in two places: the higher bound wins
 for extra in os.environ.get("MINVER_PINS", "").split():
     n, v = extra.split("==")
     pins[n.lower()] = v
