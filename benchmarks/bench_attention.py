@@ -141,6 +141,26 @@ def _rank_of(scores: list[float], i: int) -> int:
     return 1 + sum(1 for j, s in enumerate(scores) if s > scores[i] or (s == scores[i] and j < i))
 
 
+def _settings(args, keys) -> dict:
+    """The options that decide a run's per-item results (a resumed run must match them)."""
+    st = {k: getattr(args, k) for k in keys}
+    if getattr(args, "act_heads", ""):
+        st["act_heads"] = json.loads(Path(args.act_heads).read_text()).get("searched")
+    return st
+
+
+def _resume(args, out: Path, settings: dict) -> tuple[list, list]:
+    """(items, commands) of an earlier run of the same settings in ``out`` when ``--resume``; else empty."""
+    if not (args.resume and out.exists()):
+        return [], []
+    d = json.loads(out.read_text())
+    if d.get("settings") != settings:
+        raise SystemExit(f"--resume: {out} was written with other settings:\n  {d.get('settings')}\n"
+                         f"this run:\n  {settings}\n(use --out for a new file)")
+    print(f"resuming {out}: {len(d['items'])} items done", flush=True)
+    return d["items"], d.get("commands", [d["command"]])
+
+
 # -- positions ---------------------------------------------------------------------------------------
 def positions(args) -> None:
     from ragkit.generators import _attnrun
@@ -158,16 +178,23 @@ def positions(args) -> None:
     K = args.passages
     pos_list = [0, K // 2, K - 1]
     test = test_split(args.questions)
-    out = Path(args.out or RES / "attention_positions.json")
-    items: list[dict] = []
+    out = Path(args.out or RES / ("attention_positions.json" if K == 10 else f"attention_positions_{K}.json"))
+    args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
+                                     "sort_rounds", "skip", "act_tau", "act_beta"))
+    items, args.commands = _resume(args, out, args.settings)
+    done = {(x["qi"], x["gold_pos"]) for x in items}
     t_start = time.time()
     for qi, row in enumerate(test):
         if args.budget_s and time.time() - t_start > args.budget_s:
             print(f"time budget reached after {qi} questions", flush=True)
             break
+        if all((qi, p) in done for p in pos_list):
+            continue
         ctx = contexts(row, test_pool(), K, args.seed)
         q = row["question"]
         for p in pos_list:
+            if (qi, p) in done:
+                continue
             c = ctx[:p] + [bench_kv.gold(row)] + ctx[p:]
             hits = hits_for(q, c)
             pairs = _attnrun._pairs(hits)
@@ -261,7 +288,8 @@ def write_positions(args, items, out, K, pos_list) -> None:
     gap = {m: max(v["em_in"][m] for v in by_pos.values()) - min(v["em_in"][m] for v in by_pos.values())
            for m in methods} if by_pos else {}
     pre = {m: statistics.median(x["prefill_s"][m] for x in items) for m in methods} if items else {}
-    res = {"machine": machine(), "command": " ".join(sys.argv), "passages": K, "questions": len({x["qi"] for x in items}),
+    res = {"machine": machine(), "command": " ".join(sys.argv), "commands": args.commands + [" ".join(sys.argv)],
+           "settings": args.settings, "passages": K, "questions": len({x["qi"] for x in items}),
            "per_position_n": {k: v["n"] for k, v in by_pos.items()}, "em_in_mean": overall, "best_worst_gap": gap,
            "by_position": by_pos, "sign_test_all_vs_base": {
                m: sign_test([x["methods"]["base"]["em_in"] for x in items], [x["methods"][m]["em_in"] for x in items])
@@ -499,12 +527,17 @@ def kvfix(args) -> None:
     rows = (cal_split(args.questions) if args.calibration else test_split(args.questions))
     K = args.passages
     pos_list = [0, K // 2, K - 1]
-    items = []
+    out = Path(args.out or RES / f"attention_kvfix{'_cal' if args.calibration else ''}{'' if K == 10 else f'_{K}'}.json")
+    settings = _settings(args, ("passages", "seed", "max_new_tokens", "calibration")) | {"modes": list(modes)}
+    items, commands = _resume(args, out, settings)
+    done = {x["qi"] for x in items}
     t0 = time.time()
     for qi, row in enumerate(rows):
         if args.budget_s and time.time() - t0 > args.budget_s:
             print(f"time budget reached after {qi} questions", flush=True)
             break
+        if qi in done:
+            continue
         p = pos_list[qi % 3]
         ctx = contexts(row, questions()[1000:1300] if args.calibration else test_pool(), K, args.seed)
         c = ctx[:p] + [bench_kv.gold(row)] + ctx[p:]
@@ -525,9 +558,9 @@ def kvfix(args) -> None:
                     **({"sign_test_vs_plain": sign_test([x["modes"]["plain"]["em_in"] for x in items],
                                                         [x["modes"][m]["em_in"] for x in items])} if m != "plain" else {})}
                 for m in modes}
-        res = {"machine": machine(), "command": " ".join(sys.argv), "questions": len(items), "passages": K,
+        res = {"machine": machine(), "command": " ".join(sys.argv), "commands": commands + [" ".join(sys.argv)],
+               "settings": settings, "questions": len(items), "passages": K,
                "split": "calibration" if args.calibration else "test", "summary": summ, "items": items}
-        out = Path(args.out or RES / f"attention_kvfix{'_cal' if args.calibration else ''}.json")
         out.write_text(json.dumps(res, indent=2))
 
 
@@ -577,12 +610,14 @@ def report(args) -> None:
         f = RES / name
         return json.loads(f.read_text()) if f.exists() else None
 
-    d = load("attention_positions.json")
-    if d:
+    for f in sorted(RES.glob("attention_positions*.json"), key=lambda f: (len(f.name), f.name)):
+        d = json.loads(f.read_text())
         bp = d["by_position"]
         ms = list(d["em_in_mean"])
-        lines += ["## NQ multi-document QA, gold at positions 1 / 6 / 10 of 10", "",
-                  f"`{d['command']}` -- {d['questions']} questions, each at every position (n per position: "
+        K = d["passages"]
+        lines += [f"## NQ multi-document QA, gold at positions {' / '.join(bp)} of {K}", "",
+                  " then ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
+                  + f" -- {d['questions']} questions, each at every position (n per position: "
                   f"{d['per_position_n']}); load average (1/5/15 min) when the file was written "
                   f"{[round(x, 1) for x in d['machine']['load_avg_start']]} on 2 cores.", "",
                   "EM-in (%) | " + " | ".join(f"pos {p}" for p in bp) + " | mean | best-worst gap | better/worse vs base (sign test p)",
@@ -593,12 +628,12 @@ def report(args) -> None:
                          + f" | {100 * d['em_in_mean'][m]:.1f} | {100 * d['best_worst_gap'][m]:.1f} | "
                          + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
         keys = list(next(iter(bp.values()))["gold_rank_mean"])
-        lines += ["", "Gold passage attention rank (mean, 1 = most attended of 10) | " + " | ".join(f"pos {p}" for p in bp),
+        lines += ["", f"Gold passage attention rank (mean, 1 = most attended of {K}) | " + " | ".join(f"pos {p}" for p in bp),
                   "--- | " + " | ".join("---" for _ in bp)]
         for k in keys:
             lines.append(f"{k} | " + " | ".join(f"{v['gold_rank_mean'][k]:.2f}" for v in bp.values()))
         keys = list(next(iter(bp.values()))["recall3"])
-        lines += ["", "reranker.attention Recall@3 (gold in top 3 of 10) | " + " | ".join(f"pos {p}" for p in bp),
+        lines += ["", f"reranker.attention Recall@3 (gold in top 3 of {K}) | " + " | ".join(f"pos {p}" for p in bp),
                   "--- | " + " | ".join("---" for _ in bp)]
         for k in keys:
             lines.append(f"{k} | " + " | ".join(f"{v['recall3'][k]:.2f}" for v in bp.values()))
@@ -626,13 +661,12 @@ def report(args) -> None:
                   f"benign passages with instruction-like text {t['fpr_benign_instruction_at_threshold']:.2f} (95% CI "
                   f"{t['fpr_benign_instruction_ci95'][0]:.2f}-{t['fpr_benign_instruction_ci95'][1]:.2f}); AUROC attack vs "
                   f"benign-instruction {t['auroc_attack_vs_benign_instruction']:.3f}.", ""]
-    for name, title in (("attention_kvfix_cal.json", "calibration split (choosing T, S)"),
-                        ("attention_kvfix.json", "test split")):
-        k = load(name)
-        if not k:
-            continue
+    for f in sorted(RES.glob("attention_kvfix*.json"), key=lambda f: ("_cal" not in f.name, len(f.name), f.name)):
+        k = json.loads(f.read_text())
+        title = "calibration split (choosing T, S)" if k["split"] == "calibration" else "test split"
         lines += [f"## Passage-KV reuse with parallel-encoding fixes, {title}", "",
-                  f"`{k['command']}` -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
+                  " then ".join(f"`{c}`" for c in k.get("commands", [k["command"]]))
+                  + f" -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
                   "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", "",
                   "mode | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)", "--- | --- | --- | --- | ---"]
         for m, v in k["summary"].items():
@@ -671,6 +705,7 @@ def main(argv=None) -> None:
     p.add_argument("--act-beta", type=float, default=0.4)
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--resume", action="store_true", help="keep the items of the same-settings run in --out; do the rest")
     p.set_defaults(fn=positions)
     p = sub.add_parser("act-search", help="ACT head search on the calibration split")
     p.add_argument("--questions", type=int, default=12)
@@ -705,6 +740,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-full", action="store_true", help="skip the full-prefill reference")
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--resume", action="store_true", help="keep the items of the same-settings run in --out; do the rest")
     p.set_defaults(fn=kvfix)
     p = sub.add_parser("overhead", help="prefill time per hook configuration")
     p.add_argument("--passages", type=int, default=10)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ragkit.errors import ConfigError
+from ragkit._hfcompat import output_cache
 
 from ._attention import (ACT, AttentionContext, DocMassRescale, ParallelFix, Reader, active, check_family,
                          hooked_base, install_hook, parse_heads, parse_layers)
@@ -159,7 +160,7 @@ def prefill(g: Any, question: str, passages: Sequence[tuple[str, str | None]], r
         if eng is None:
             ids = seg.ids()
             out = model(input_ids=torch.tensor([ids], device=dev), use_cache=True, logits_to_keep=1)
-            return Prefill(out.logits[:, -1, :], out.past_key_values, len(ids), seg, ctx, stats)
+            return Prefill(out.logits[:, -1, :], output_cache(out), len(ids), seg, ctx, stats)
         entries, computed = eng.get_blocks(seg.block_texts, seg.blocks)
         glues: list[Any] = seg.glues
         if g.cache_glue:

@@ -181,3 +181,19 @@ def test_loaded_state_is_dropped_by_pickle_and_context_is_bound(tmp_path):
     assert back == r and "_idx" not in vars(back) and back._base_dir is None and back._ready is False
     r.bind_context(progress=True)
     assert r._base_dir == tmp_path and r._progress is True
+
+
+def test_the_kv_cache_is_named_through_hfcompat_only():
+    """transformers >= 5.2x renamed the cache argument and output field (``past_key_values`` -> ``cache``) and
+    logs a deprecation for the old names: ragkit's code reads and passes the cache through ragkit._hfcompat."""
+    offenders = []
+    for pkg in PACKAGES:
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            if f.name == "_hfcompat.py":
+                continue
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr in ("past_key_values", "cache_params"):
+                    offenders.append(f"{f.relative_to(REPO)}:{node.lineno}")
+                if isinstance(node, ast.keyword) and node.arg in ("past_key_values", "cache_params"):
+                    offenders.append(f"{f.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
