@@ -110,9 +110,18 @@ def shard_reduce(summaries: list[dict], *, k1: float, b: float, delta: float, me
             "num_terms": int(total), "k1": k1, "b": b, "delta": delta, "method": method}
 
 
+def _csc(data: np.ndarray, rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple:
+    """Column-compressed arrays of a sparse matrix given as unique (row, col, value) triples: the entries
+    sorted by column, then row -- the canonical layout bm25s' own index build writes (its builders are
+    private and differ between releases, so ragkit keeps its own)."""
+    indptr = np.zeros(n_cols + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=n_cols), out=indptr[1:])
+    order = np.lexsort((rows, cols))
+    return data[order], rows[order], indptr
+
+
 def shard_build(partial: dict, remap: np.ndarray, glob: dict) -> dict:
     """Score one partition's chunks with the global statistics (bm25s' scorer); arrays for one shard."""
-    import bm25s
     from bm25s.scoring import _build_scores_and_indices_for_matrix
 
     g = remap.astype(np.int64)[partial["tokens"]].tolist()
@@ -125,9 +134,7 @@ def shard_build(partial: dict, remap: np.ndarray, glob: dict) -> dict:
         doc_frequencies={0: partial["pairs"]}, k1=glob["k1"], b=glob["b"], delta=glob["delta"],
         nonoccurrence_array=glob["nonocc"], method=glob["method"], dtype="float32", int_dtype="int32",
         show_progress=False)
-    engine = bm25s.BM25(k1=glob["k1"], b=glob["b"], delta=glob["delta"], method=glob["method"], dtype="float32",
-                        int_dtype="int32")
-    data, indices, indptr = engine._np_csc(data=scores, rows=rows, cols=cols, shape=(n, v))
+    data, indices, indptr = _csc(np.asarray(scores), np.asarray(rows), np.asarray(cols), v)
     ids, doc_ids = partial["ids"], partial["doc_ids"]
     order = np.empty(n, dtype=np.int32)
     order[sorted(range(n), key=lambda i: (doc_ids[i], ids[i]))] = np.arange(n, dtype=np.int32)
