@@ -22,7 +22,8 @@ Subcommands (each writes benchmarks/results/attention_<name>.json; ``report`` wr
 To keep the CPU cost down, ``positions`` shares passes between methods where they compute the same
 thing: the base generator's prefill (with a reader attached, which does not change its output) is
 also round 1 of attention sorting and the vanilla relevance pass of found-in-the-middle; the dummy
-pass serves both found-in-the-middle and the calibrated reranker.
+pass serves both found-in-the-middle and the calibrated reranker; found-in-the-middle's generation
+pass reruns only the final block over the base prefill's keys and values (as ``generator.hf`` does).
 """
 from __future__ import annotations
 
@@ -105,11 +106,11 @@ def answer(g, pf) -> tuple[str, float]:
     return dec[0].text, time.perf_counter() - t
 
 
-def timed_prefill(g, q, pairs, readers=(), rewriters=()):
+def timed_prefill(g, q, pairs, readers=(), rewriters=(), reuse=None):
     from ragkit.generators import _attnrun
 
     t = time.perf_counter()
-    pf = _attnrun.prefill(g, q, pairs, list(readers), list(rewriters))
+    pf = _attnrun.prefill(g, q, pairs, list(readers), list(rewriters), reuse=reuse)
     return pf, time.perf_counter() - t
 
 
@@ -233,7 +234,7 @@ def positions(args) -> None:
                 it["recall3"]["calibrated_alt_dummy"] = float(_rank_of(c2, p) <= 3)
             # found in the middle, per temperature
             for t in ([] if "fim" in args.skip else args.fim_t):
-                pff, tf = timed_prefill(g, q, pairs, [], [DocMassRescale(layers, cal, t)])
+                pff, tf = timed_prefill(g, q, pairs, [], [DocMassRescale(layers, cal, t)], reuse=pf)   # final block only
                 text, _ = answer(g, pff)
                 it["methods"][f"fim t={t:g}"] = {"text": text, "em_in": em(text, row["answers"])}
                 it["prefill_s"][f"fim t={t:g}"] = tb + td + tf

@@ -16,7 +16,9 @@ prefill path and on the passage-KV reuse path alike:
    its attention mass from the final block's rows minus that of a content-free dummy document at
    the same position (one extra prefill with the dummy at every position, or ``fim_bias: swap``: one
    prefill per position with only that passage replaced), then generation with
-   :class:`._attention.DocMassRescale` on ``fim_layers`` at temperature ``fim_temperature``;
+   :class:`._attention.DocMassRescale` on ``fim_layers`` at temperature ``fim_temperature``; the
+   rescaling touches only the final block's rows, so the generation pass reruns just the final block
+   over the relevance pass's keys and values (``prefill(..., reuse=)``; full prefill path);
 4. ACT (``act_heads``) and the parallel-encoding fixes (``kv_temperature``, ``kv_scale``,
    ``kv_top_blocks``) rewrite attention in every prefill and decode step of the prompt.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ragkit.errors import ConfigError
-from ragkit._hfcompat import output_cache
+from ragkit._hfcompat import cache_kw, output_cache
 
 from ._attention import (ACT, AttentionContext, DocMassRescale, ParallelFix, Reader, active, check_family,
                          hooked_base, install_hook, parse_heads, parse_layers)
@@ -131,6 +133,7 @@ class Prefill:
     seg: Segments
     ctx: AttentionContext
     stats: dict = field(default_factory=dict)
+    full: bool = False          # a full prefill of the prompt's tokens (not assembled from passage KV)
 
 
 def base_rewriters(g: Any) -> list[Any]:
@@ -143,9 +146,18 @@ def base_rewriters(g: Any) -> list[Any]:
     return rw
 
 
+def _rows_only(rewriters: Sequence[Any]) -> bool:
+    return all(w.needs == "rows" for w in rewriters)
+
+
 def prefill(g: Any, question: str, passages: Sequence[tuple[str, str | None]], readers: Sequence[Reader] = (),
-            rewriters: Sequence[Any] = ()) -> Prefill:
-    """Prefill the prompt for ``passages`` [(text, title)] under an attention context."""
+            rewriters: Sequence[Any] = (), reuse: Prefill | None = None) -> Prefill:
+    """Prefill the prompt for ``passages`` [(text, title)] under an attention context.
+
+    ``reuse``: an earlier full prefill of the same passages. Readers and row rewriters (found in the
+    middle, the parallel fixes) see and change only the final block's rows, so when neither pass has a
+    full rewriter (ACT) every position before the final block has the same keys and values in both:
+    those are taken from ``reuse`` and only the final block is run (its cache is not modified)."""
     import torch
 
     from ragkit.kv.prompt import build_segments
@@ -159,8 +171,16 @@ def prefill(g: Any, question: str, passages: Sequence[tuple[str, str | None]], r
         eng = g._engine
         if eng is None:
             ids = seg.ids()
+            if (reuse is not None and reuse.full and reuse.ctx.final_start == fstart
+                    and _rows_only(rewriters) and _rows_only(reuse.ctx.rewriters) and reuse.seg.ids()[:fstart] == ids[:fstart]):
+                from ragkit.kv.reuse import prefix_cache
+                cache = prefix_cache(model, reuse.cache, fstart)
+                out = model(input_ids=torch.tensor([ids[fstart:]], device=dev), use_cache=True, logits_to_keep=1,
+                            position_ids=torch.arange(fstart, len(ids), device=dev).view(1, -1), **cache_kw(cache))
+                stats["prefix_reused_tokens"] = fstart
+                return Prefill(out.logits[:, -1, :], output_cache(out), len(ids), seg, ctx, stats, full=True)
             out = model(input_ids=torch.tensor([ids], device=dev), use_cache=True, logits_to_keep=1)
-            return Prefill(out.logits[:, -1, :], output_cache(out), len(ids), seg, ctx, stats)
+            return Prefill(out.logits[:, -1, :], output_cache(out), len(ids), seg, ctx, stats, full=True)
         entries, computed = eng.get_blocks(seg.block_texts, seg.blocks)
         glues: list[Any] = seg.glues
         if g.cache_glue:
@@ -275,15 +295,17 @@ def run_one(g: Any, r: Any) -> Any:
             meta["guard"] = {"focus": focus, "flagged": bool(focus < g.guard_threshold), "dropped": dropped}
         # 3. found in the middle
         if g.fim and hits:
-            rel, _ = attention_relevance(g, q, hits, calibrated=True, bias=g.fim_bias,
-                                         dummy=g.fim_dummy or DEFAULT_DUMMY, rewriters=base_rewriters(g))
+            rel, info = attention_relevance(g, q, hits, calibrated=True, bias=g.fim_bias,
+                                            dummy=g.fim_dummy or DEFAULT_DUMMY, rewriters=base_rewriters(g))
             n_prefills += 2 if g.fim_bias == "dummy" else 1 + len(hits)
             meta["fim_relevance"] = rel
             rewriters = base_rewriters(g) + [DocMassRescale(g._fim_layers, rel, g.fim_temperature)]
-            ready = None
+            ready, reuse = None, info["prefill"]     # the relevance pass's prompt: only its final block reruns
+        else:
+            reuse = None
         if ready is None:
             grd = guard_reader() if "guard" not in meta else []
-            ready = (prefill(g, q, _pairs(hits), grd, rewriters), grd)
+            ready = (prefill(g, q, _pairs(hits), grd, rewriters, reuse=reuse), grd)
             n_prefills += 1
         pf, grd = ready
         if grd and "guard" not in meta:

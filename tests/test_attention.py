@@ -296,6 +296,42 @@ def test_sorting_guard_fim_and_act_run(tiny, tmp_path):
     assert a.meta["act_sinks"] >= 0 and isinstance(a.text, str)
 
 
+def test_final_block_over_a_reused_prefix_equals_the_full_prefill(tiny):
+    """Found in the middle reruns only the final block over the relevance pass's prompt: the same
+    logits, cache and decoded tokens as a full prefill with the rewriter (fp32 tolerance), the source
+    prefill left as it was; not taken with a full rewriter (ACT) or other passages."""
+    import torch
+
+    from ragkit.generators._attention import ACT, DocMassRescale, active
+    from ragkit.generators._decode import decode
+    from ragkit.kv.reuse import _cache_kv
+
+    r = ranking()
+    g = HFGenerator(model=str(tiny), device="cpu", max_new_tokens=4, fim=True, fim_layers="1-2").setup()
+    pairs = _attnrun._pairs(r.hits)
+    src = _attnrun.prefill(g, r.query.text, pairs, [Reader("final")])
+    before = [k.clone() for k in _cache_kv(src.cache)[0]]
+
+    def fim():
+        return [DocMassRescale(g._fim_layers, [0.3, -0.1, 0.5, 0.0], 0.05)]
+    full = _attnrun.prefill(g, r.query.text, pairs, [Reader("last")], fim())
+    part = _attnrun.prefill(g, r.query.text, pairs, [Reader("last")], fim(), reuse=src)
+    assert part.stats["prefix_reused_tokens"] == part.ctx.final_start > 0 and "prefix_reused_tokens" not in full.stats
+    torch.testing.assert_close(part.logits, full.logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(_cache_kv(part.cache)[0], _cache_kv(full.cache)[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, _cache_kv(src.cache)[0]))     # source untouched
+    outs = []
+    for pf in (full, part):
+        with active(pf.ctx), torch.no_grad():
+            outs.append(decode(g._model, g._tok, pf.logits, pf.cache, params=g._decode_params(), eos_ids=g._eos,
+                               next_pos=torch.tensor([pf.length]))[0].text)
+    assert outs[0] == outs[1]
+    act = _attnrun.prefill(g, r.query.text, pairs, [], [ACT({0: [0]})], reuse=src)
+    other = _attnrun.prefill(g, r.query.text, pairs[::-1], [], fim(), reuse=src)
+    assert "prefix_reused_tokens" not in act.stats and "prefix_reused_tokens" not in other.stats
+
+
 def test_kv_reuse_with_fixes_and_entropy(tiny, tmp_path):
     r = ranking()
     kw = dict(model=str(tiny), device="cpu", max_new_tokens=3, kv_store=str(tmp_path / "kv"))

@@ -298,6 +298,13 @@ def _new_cache(model: Any, keys: Sequence[Any], values: Sequence[Any]) -> Any:
     return cache
 
 
+def prefix_cache(model: Any, cache: Any, n: int) -> Any:
+    """A new DynamicCache holding the first ``n`` positions of ``cache`` (views: ``cache`` is not
+    modified, and what is appended to the new one does not reach it)."""
+    ks, vs = _cache_kv(cache)
+    return _new_cache(model, [k[:, :, :n] for k in ks], [v[:, :, :n] for v in vs])
+
+
 def _cache_kv(cache: Any) -> tuple[list[Any], list[Any]]:
     if hasattr(cache, "layers"):
         return [lay.keys for lay in cache.layers], [lay.values for lay in cache.layers]
