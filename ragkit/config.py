@@ -26,7 +26,7 @@ import yaml
 
 from . import registry
 from .errors import ConfigError, did_you_mean, where
-from .stage import Configurable, ParamInfo, Stage, check_value, param
+from .stage import Configurable, ParamInfo, Stage, is_plain_class, check_value, param
 
 CONFIG_VERSION = 1
 TOP_LEVEL_KEYS = ("version", "name", "description", "corpus", "index", "pipeline", "eval", "executor")
@@ -283,7 +283,7 @@ def build_configurable(cls: type[Configurable], args: dict, *, file: str = "<str
 
 
 def _stage_types(tp: Any) -> bool:
-    if isinstance(tp, type) and issubclass(tp, Stage):
+    if is_plain_class(tp) and issubclass(tp, Stage):
         return True
     return any(_stage_types(a) for a in typing.get_args(tp))
 

@@ -80,10 +80,15 @@ def _is_union(tp: Any) -> bool:
     return get_origin(tp) in (typing.Union, types.UnionType)
 
 
+def is_plain_class(tp: Any) -> bool:
+    """A plain class (on Python 3.10 ``list[str]`` also passes ``isinstance(tp, type)``)."""
+    return isinstance(tp, type) and get_origin(tp) is None
+
+
 def type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
-    if isinstance(tp, type):
+    if is_plain_class(tp):
         if issubclass(tp, Configurable):
             return "stage"
         return {float: "float", int: "int", str: "str", bool: "bool"}.get(tp, tp.__name__)
@@ -111,7 +116,7 @@ def check_value(value: Any, tp: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, type):
+    if is_plain_class(tp):
         return isinstance(value, tp)
     origin = get_origin(tp)
     if origin is Literal:
