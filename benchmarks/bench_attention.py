@@ -146,7 +146,8 @@ def _settings(args, keys) -> dict:
     """The options that decide a run's per-item results (a resumed run must match them)."""
     st = {k: getattr(args, k) for k in keys}
     if getattr(args, "act_heads", ""):
-        st["act_heads"] = json.loads(Path(args.act_heads).read_text()).get("searched")
+        spec = json.loads(Path(args.act_heads).read_text())
+        st["act_heads"] = {"searched": spec.get("searched"), "random": spec.get("random")}
     return st
 
 
@@ -173,15 +174,17 @@ def positions(args) -> None:
     act_sets: dict[str, dict] = {}
     if args.act_heads:
         spec = json.loads(Path(args.act_heads).read_text())
+        if not spec["searched"]:
+            raise SystemExit(f"{args.act_heads}: the search kept no heads (no layer group improved the calibration score)")
         act_sets["act searched"] = parse_heads(spec["searched"], cfg.num_hidden_layers, cfg.num_attention_heads)
-        for s, heads in spec.get("random", {}).items():
+        for s, heads in list(spec.get("random", {}).items())[:args.act_random_sets]:
             act_sets[f"act random {s}"] = parse_heads(heads, cfg.num_hidden_layers, cfg.num_attention_heads)
     K = args.passages
     pos_list = [0, K // 2, K - 1]
     test = test_split(args.questions)
     out = Path(args.out or RES / ("attention_positions.json" if K == 10 else f"attention_positions_{K}.json"))
     args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
-                                     "sort_rounds", "skip", "act_tau", "act_beta"))
+                                     "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
     items, args.commands = _resume(args, out, args.settings)
     done = {(x["qi"], x["gold_pos"]) for x in items}
     t_start = time.time()
@@ -354,10 +357,14 @@ def act_search(args) -> None:
     n_heads = len(searched) * H
     all_pairs = [(li, h) for li in range(L) for h in range(H)]
     rnd = {str(s): [f"{li}:{h}" for li, h in random.Random(s).sample(all_pairs, n_heads)] for s in range(args.seeds)}
+    search_s = time.time() - t0
+    # the same calibration score for the searched heads and for each random draw of as many heads
+    gain_searched = (score(parse_heads(searched, L, H)) - base) if searched else 0.0
+    gain_random = {k: score(parse_heads(v, L, H)) - base for k, v in rnd.items()} if searched else {}
     res = {"machine": machine(), "command": " ".join(sys.argv), "rule": act_search.__doc__.strip(),
            "calibration_questions": len(prompts), "calibration_split": "questions()[1000:1000+n] (test uses [:n])",
            "base_logprob": base, "gain_by_layer": gains, "searched": searched, "random": rnd,
-           "search_s": time.time() - t0}
+           "gain_searched": gain_searched, "gain_random": gain_random, "search_s": search_s}
     out = Path(args.out or RES / "attention_act_heads.json")
     out.write_text(json.dumps(res, indent=2))
     print("searched", searched, "wrote", out)
@@ -649,6 +656,11 @@ def report(args) -> None:
                   f"{a['base_logprob']:.3f}; gain per layer group (first layer: gain): "
                   + ", ".join(f"{k}: {v:+.3f}" for k, v in a["gain_by_layer"].items()), "",
                   f"Searched heads: {a['searched']}; random: {a['random']}", ""]
+        if "gain_random" in a:
+            gr = list(a["gain_random"].values())
+            lines += [f"Calibration gain (mean log-probability of the gold answer vs no ACT): searched {a['gain_searched']:+.4f}; "
+                      f"random heads, same number, {len(gr)} seeds: " + ", ".join(f"{x:+.4f}" for x in gr)
+                      + (f" (mean {statistics.mean(gr):+.4f}, sd {statistics.pstdev(gr):.4f})" if gr else ""), ""]
     gd = load("attention_guard.json")
     if gd:
         t = gd["test"]
@@ -704,6 +716,7 @@ def main(argv=None) -> None:
     p.add_argument("--act-heads", default="", help="attention_act_heads.json from act-search")
     p.add_argument("--act-tau", type=float, default=0.1)
     p.add_argument("--act-beta", type=float, default=0.4)
+    p.add_argument("--act-random-sets", type=int, default=3, help="how many of the file's random head sets to run")
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
     p.add_argument("--resume", action="store_true", help="keep the items of the same-settings run in --out; do the rest")
