@@ -3,6 +3,7 @@ have one implementation, and the stages that need them go through it (issue 12, 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ragkit", "indexers", "retrievers", "rerankers", "generators")
 
 
+@functools.lru_cache(maxsize=None)
 def _definitions() -> dict[str, list[str]]:
     """name -> modules (repo-relative) defining a top-level function or class of that name."""
     out: dict[str, list[str]] = {}
