@@ -258,6 +258,7 @@ def run_one(g: Any, r: Any) -> Any:
         t0 = time.perf_counter()
         rewriters = base_rewriters(g)
         ready: tuple[Prefill, list[Reader]] | None = None   # a prefill of the current passages and rewriters
+        reuse: Prefill | None = None                        # a full prefill the last pass can rerun only the final block over
         # 1. attention sorting
         if g.attention_sort_rounds and len(hits) > 1:
             rounds = 0
@@ -301,8 +302,6 @@ def run_one(g: Any, r: Any) -> Any:
             meta["fim_relevance"] = rel
             rewriters = base_rewriters(g) + [DocMassRescale(g._fim_layers, rel, g.fim_temperature)]
             ready, reuse = None, info["prefill"]     # the relevance pass's prompt: only its final block reruns
-        else:
-            reuse = None
         if ready is None:
             grd = guard_reader() if "guard" not in meta else []
             ready = (prefill(g, q, _pairs(hits), grd, rewriters, reuse=reuse), grd)
