@@ -168,7 +168,7 @@ def positions(args) -> None:
     from ragkit.generators import _attnrun
     from ragkit.generators._attention import ACT, DocMassRescale, Reader, parse_heads
 
-    g = make_gen(fim=True, max_new=args.max_new_tokens)
+    g = make_gen(fim=True, fim_layers=args.fim_layers, max_new=args.max_new_tokens)
     cfg = g._model.config
     layers = g._fim_layers
     act_sets: dict[str, dict] = {}
@@ -181,10 +181,15 @@ def positions(args) -> None:
             act_sets[f"act random {s}"] = parse_heads(heads, cfg.num_hidden_layers, cfg.num_attention_heads)
     K = args.passages
     pos_list = [0, K // 2, K - 1]
-    test = test_split(args.questions)
-    out = Path(args.out or RES / ("attention_positions.json" if K == 10 else f"attention_positions_{K}.json"))
+    test = cal_split(args.questions) if args.calibration else test_split(args.questions)
+    pool = questions()[1000:1300] if args.calibration else test_pool()
+    out = Path(args.out or RES / (f"attention_positions{'_cal' if args.calibration else ''}"
+                                  f"{'' if K == 10 else f'_{K}'}.json"))
     args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
                                      "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
+    for k in ("fim_layers", "calibration"):     # recorded only when not the default (older files stay resumable)
+        if getattr(args, k) not in ("auto", False):
+            args.settings[k] = getattr(args, k)
     items, args.commands = _resume(args, out, args.settings)
     done = {(x["qi"], x["gold_pos"]) for x in items}
     t_start = time.time()
@@ -194,7 +199,7 @@ def positions(args) -> None:
             break
         if all((qi, p) in done for p in pos_list):
             continue
-        ctx = contexts(row, test_pool(), K, args.seed)
+        ctx = contexts(row, pool, K, args.seed)
         q = row["question"]
         for p in pos_list:
             if (qi, p) in done:
@@ -237,9 +242,12 @@ def positions(args) -> None:
                 it["recall3"]["calibrated_alt_dummy"] = float(_rank_of(c2, p) <= 3)
             # found in the middle, per temperature
             for t in ([] if "fim" in args.skip else args.fim_t):
-                pff, tf = timed_prefill(g, q, pairs, [], [DocMassRescale(layers, cal, t)], reuse=pf)   # final block only
+                resc = DocMassRescale(layers, cal, t)
+                pff, tf = timed_prefill(g, q, pairs, [], [resc], reuse=pf)   # final block only
                 text, _ = answer(g, pff)
-                it["methods"][f"fim t={t:g}"] = {"text": text, "em_in": em(text, row["answers"])}
+                it["methods"][f"fim t={t:g}"] = {"text": text, "em_in": em(text, row["answers"]),
+                                                 "target_max": float(resc.target.max()),     # how peaked the target is
+                                                 "target_gold": float(resc.target[p])}
                 it["prefill_s"][f"fim t={t:g}"] = tb + td + tf
             # attention sorting, T rounds (round 1 = the base prefill's last-row scores)
             if "sort" in args.skip:
@@ -623,7 +631,10 @@ def report(args) -> None:
         bp = d["by_position"]
         ms = list(d["em_in_mean"])
         K = d["passages"]
-        lines += [f"## NQ multi-document QA, gold at positions {' / '.join(bp)} of {K}", "",
+        st_ = d["settings"]
+        split = " (calibration split)" if st_.get("calibration") else ""
+        fl = f", found-in-the-middle layers {st_['fim_layers']}" if st_.get("fim_layers") else ""
+        lines += [f"## NQ multi-document QA{split}, gold at positions {' / '.join(bp)} of {K}{fl}", "",
                   " then ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
                   + f" -- {d['questions']} questions, each at every position (n per position: "
                   f"{d['per_position_n']}); load average (1/5/15 min) when the file was written "
@@ -645,6 +656,11 @@ def report(args) -> None:
                   "--- | " + " | ".join("---" for _ in bp)]
         for k in keys:
             lines.append(f"{k} | " + " | ".join(f"{v['recall3'][k]:.2f}" for v in bp.values()))
+        peaks = {m: statistics.mean(x["methods"][m]["target_max"] for x in d["items"])
+                 for m in ms if "target_max" in d["items"][0]["methods"].get(m, {})}
+        if peaks:
+            lines += ["", "Found in the middle's target, softmax(calibrated relevance / t), mean share of its largest "
+                      "entry (1/K = uniform): " + "; ".join(f"{m}: {v:.2f}" for m, v in peaks.items()) + "."]
         lines += ["", "Prefill time per prompt (median s; everything before the first decoded token, all passes) and "
                   "ratio to the base generator, same run:", ""]
         lines += [f"- {m}: {d['median_prefill_s'][m]:.2f} s ({d['prefill_ratio_vs_base'][m]:.2f}x)" for m in ms]
@@ -708,6 +724,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--fim-t", type=float, nargs="*", default=[0.02])
+    p.add_argument("--fim-layers", default="auto", help="found-in-the-middle layers ('auto' = later half, 'a-b')")
+    p.add_argument("--calibration", action="store_true",
+                   help="run on the calibration split (questions()[1000:], for choosing t and layers)")
     p.add_argument("--dummy", default="N/A")
     p.add_argument("--alt-dummy", default="", help="second dummy text for the sensitivity check")
     p.add_argument("--swap-bias", action="store_true", help="also the per-position swap bias (K extra prefills)")

@@ -116,6 +116,8 @@ def quality(args) -> None:
     rankings = [Ranking(Query(it["qid"], it["question"]),
                         tuple(Hit(it["qid"], d, float(len(it["hits"]) - j), j, t, meta={"title": ti} if ti else {})
                               for j, (d, t, ti) in enumerate(it["hits"]))) for it in data]
+    names = {c: f"{c}/{args.label}" if args.label and CELLS[c][0] else c for c in cells}   # tuned cells carry the label
+    res["cell_names"] = names
     for c in cells:
         which, extra = CELLS[c]
         gen = HFGenerator(model="smollm2-135m-instruct", adapter=args.adapter if which else "", device="cpu",
@@ -130,25 +132,26 @@ def quality(args) -> None:
         for i in range(0, len(rankings), args.batch_size):
             answers += gen(rankings[i:i + args.batch_size])
             print(f"{c} {len(answers)}/{len(rankings)} {time.time() - t0:.0f}s", flush=True)
-        res["seconds"][c] = round(time.time() - t0, 1)
+        res["seconds"][names[c]] = round(time.time() - t0, 1)
         for it, a in zip(data, answers):
             rec = res["items"].setdefault(it["qid"], {"answers": it["answers"], "gold": it["gold"],
                                                        "gold_pos": [j for j, h in enumerate(it["hits"]) if h[0] in it["gold"]]})
-            rec[c] = {"text": a.text, "EM": answer_score("EM", a.text, it["answers"]),
+            rec[names[c]] = {"text": a.text, "EM": answer_score("EM", a.text, it["answers"]),
                       "F1": answer_score("F1", a.text, it["answers"]),
                       "EM-in": answer_score("EM-in", a.text, it["answers"]),
                       "cite_gold": float(any(d in it["gold"] for d in a.citations)),
                       "cite_any": float(bool(a.citations)), "ttft_s": round(a.timings["ttft_s"], 4),
                       "prompt_tokens": a.meta["prompt_tokens"]}
         del gen
-        res["cells_done"] = [x for x in cells if x in res["seconds"]]   # written after every cell (partial runs count)
+        res["cells_done"] = [names[x] for x in cells if names[x] in res["seconds"]]   # after every cell (partial runs count)
         res["machine"]["load_avg_end"] = os.getloadavg()
         res["wall_s"] = round(time.time() - t_all, 1)
         part = f"_from{args.start}" if args.start else ""
-        out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}{part}.json")
+        lab = f"_{args.label}" if args.label else ""
+        out = Path(args.out or RES / f"train_generator_{args.set}_{'+'.join(cells)}{lab}{part}.json")
         out.write_text(json.dumps(res, indent=1))
         print("wrote", out)
-    for c in cells:
+    for c in names.values():
         print(c, {m: round(100 * statistics.mean(r[c][m] for r in res["items"].values()), 1)
                   for m in ("EM", "F1", "EM-in", "cite_gold")})
 
@@ -156,9 +159,33 @@ def quality(args) -> None:
 METRICS = ("EM", "F1", "EM-in", "cite_gold", "cite_any")
 
 
+def _cell_tables(items: dict, cells: list[str], qs: list[str], pairs) -> list[str]:
+    """The per-cell metric table and the paired differences over the questions ``qs``."""
+    from ragkit.eval.significance import compare
+
+    lines = [f"n = {len(qs)} questions in every cell.", "",
+             "| cell | EM | F1 | EM-in | cites gold | cites any | mean prompt tokens |", "|---|---|---|---|---|---|---|"]
+    if not qs:
+        return lines
+    for c in cells:
+        rs = [items[q][c] for q in qs]
+        vals = [f"{100 * statistics.mean(r[m] for r in rs):.1f}" for m in METRICS]
+        lines.append(f"| {c} | " + " | ".join(vals) + f" | {statistics.mean(r['prompt_tokens'] for r in rs):.0f} |")
+    lines += ["", "Paired differences (a - b, points) and p-values (t-test / randomization):", "",
+              "| a vs b | EM-in delta | p | EM delta | p | F1 delta | p | cites-gold delta | p |", "|---|---|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        if a not in cells or b not in cells:
+            continue
+        row = [f"{a} vs {b}"]
+        for m in ("EM-in", "EM", "F1", "cite_gold"):
+            r = compare([items[q][a][m] for q in qs], [items[q][b][m] for q in qs], "both", permutations=5000)
+            row += [f"{100 * r['delta']:+.1f}", f"{r['ttest']:.3g} / {r['randomization']:.3g}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def report(args) -> None:
     from ragkit.eval.metrics import answer_score
-    from ragkit.eval.significance import compare
 
     lines = ["# Block fine-tuning (`ragkit train-generator`): measured results", "",
              "Produced by `benchmarks/bench_train_generator.py` (commands below and in each JSON file). "
@@ -188,30 +215,25 @@ def report(args) -> None:
             continue
         s = sets[name]
         cells = [c for c in CELLS if any(c in r for r in s["items"].values())]
+        labels = sorted({k.split("/", 1)[1] for r in s["items"].values() for k in r if "/" in k})
         common = [q for q, r in s["items"].items() if all(c in r for c in cells)]
+        # a labelled recipe (another adapter) is reported on the questions its run covers
+        lab_cells = [f"{c}/{lab}" for lab in labels for c in CELLS if CELLS[c][0]
+                     and any(f"{c}/{lab}" in r for r in s["items"].values())]
+        common_l = [q for q in common if all(c in s["items"][q] for c in lab_cells)]
+        pairs = list(PAIRS) + [p for lab in labels for p in (
+            (f"tuned-plain/{lab}", f"tuned-none/{lab}"), (f"tuned-blend/{lab}", f"tuned-none/{lab}"),
+            (f"tuned-none/{lab}", "tuned-none"), (f"tuned-plain/{lab}", "tuned-plain"),
+            (f"tuned-none/{lab}", "base-none"))]
         title = {"nq10": "NQ-open, 10 passages (gold + 9 BM25 hard negatives, gold at every position in turn)",
                  "nq20": "NQ-open, 20 passages (gold + 19 BM25 hard negatives, gold at every position in turn)",
                  "squad": "SQuAD, BM25 top 3 (the default pipeline's setting)"}[name]
-        lines += [f"## {title}", "", f"n = {len(common)} questions in every cell.", "",
-                  "| cell | EM | F1 | EM-in | cites gold | cites any | mean prompt tokens |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in cells:
-            rs = [s["items"][q][c] for q in common]
-            if not rs:
-                continue
-            vals = [f"{100 * statistics.mean(r[m] for r in rs):.1f}" for m in METRICS]
-            lines.append(f"| {c} | " + " | ".join(vals) + f" | {statistics.mean(r['prompt_tokens'] for r in rs):.0f} |")
-        lines += ["", "Paired differences (a - b, points) and p-values (t-test / randomization):", "",
-                  "| a vs b | EM-in delta | p | EM delta | p | F1 delta | p | cites-gold delta | p |", "|---|---|---|---|---|---|---|---|---|"]
-        for a, b in PAIRS:
-            if a not in cells or b not in cells or not common:
-                continue
-            row = [f"{a} vs {b}"]
-            for m in ("EM-in", "EM", "F1", "cite_gold"):
-                r = compare([s["items"][q][a][m] for q in common], [s["items"][q][b][m] for q in common], "both",
-                            permutations=5000)
-                row += [f"{100 * r['delta']:+.1f}", f"{r['ttest']:.3g} / {r['randomization']:.3g}"]
-            lines.append("| " + " | ".join(row) + " |")
+        lines += [f"## {title}", ""] + _cell_tables(s["items"], cells, common, PAIRS)
+        for lab in labels:
+            lc = [c for c in lab_cells if c.endswith("/" + lab)]
+            lines += [f"### Recipe `{lab}` (cells `<cell>/{lab}`: another adapter, see train_generator_notes.md)", "",
+                      "Every cell on the questions the recipe's run covers.", ""]
+            lines += _cell_tables(s["items"], cells + lc, common_l, [p for p in pairs if p not in PAIRS])
         lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in s["commands"]), ""]
     extra = RES / "train_generator_notes.md"
     if extra.exists():
@@ -235,6 +257,8 @@ def main(argv=None) -> None:
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="")
+    q.add_argument("--label", default="",
+                   help="name of another adapter's recipe: its tuned cells are stored as <cell>/<label> (report adds a table)")
     sub.add_parser("report")
     args = ap.parse_args(argv)
     import torch
