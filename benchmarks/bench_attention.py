@@ -11,6 +11,7 @@ Subcommands (each writes benchmarks/results/attention_<name>.json; ``report`` wr
               --act-heads file) per gold position; gold passage attention rank; reranker.attention
               Recall@3 calibrated vs vanilla; prefill time per method
   act-search  ACT head search on a calibration split (disjoint from the test questions)
+  act-cls     ACT on an in-context classification task (passage answers the question?): search + test
   guard       Attention Tracker important heads on a calibration set, AUROC on a held-out set
   kvfix       passage-KV reuse with the parallel-encoding fixes: EM-in and attention entropy
 
@@ -311,6 +312,33 @@ def write_positions(args, items, out, K, pos_list) -> None:
     out.write_text(json.dumps(res, indent=2))
 
 
+def layer_group_search(score, L: int, H: int, group: int, top: int, seeds: int) -> dict:
+    """ACT's head search, shared by the QA and the classification task: ACT on all heads of ``group``
+    consecutive layers at a time, ``score`` (higher is better) against no ACT; keep the ``top`` groups
+    with a positive gain. Random baseline: as many (layer, head) pairs drawn uniformly, one draw per
+    seed, scored the same way."""
+    from ragkit.generators._attention import parse_heads
+
+    t0 = time.time()
+    base = score({})
+    gains = {}
+    for li in range(0, L, group):
+        grp = list(range(li, min(L, li + group)))
+        gains[li] = score({x: list(range(H)) for x in grp}) - base
+        print(grp, round(gains[li], 4), flush=True)
+    best = [li for li in sorted(gains, key=lambda x: -gains[x]) if gains[li] > 0][:top]
+    searched = [f"{x}:*" for li in best for x in range(li, min(L, li + group))]
+    all_pairs = [(li, h) for li in range(L) for h in range(H)]
+    rnd = {str(sd): [f"{li}:{h}" for li, h in random.Random(sd).sample(all_pairs, len(searched) * H)]
+           for sd in range(seeds)}
+    search_s = time.time() - t0
+    # the same calibration score for the searched heads and for each random draw of as many heads
+    gain_searched = (score(parse_heads(searched, L, H)) - base) if searched else 0.0
+    gain_random = {k: score(parse_heads(v, L, H)) - base for k, v in rnd.items()} if searched else {}
+    return {"base": base, "gains": gains, "searched": searched, "random": rnd, "gain_searched": gain_searched,
+            "gain_random": gain_random, "search_s": search_s}
+
+
 # -- ACT head search ---------------------------------------------------------------------------------
 def act_search(args) -> None:
     """Layer-group search: ACT on all heads of a group of ``--group`` consecutive layers at a time; score = mean log-probability of the
@@ -320,7 +348,7 @@ def act_search(args) -> None:
     import torch
 
     from ragkit.generators import _attnrun
-    from ragkit.generators._attention import ACT, active, parse_heads
+    from ragkit.generators._attention import ACT, active
 
     g = make_gen(fim=True)
     model, tok = g._model, g._tok
@@ -352,30 +380,120 @@ def act_search(args) -> None:
             tot.append(float(lp[torch.arange(len(ans)), torch.tensor(ans)].mean()))
         return statistics.mean(tot)
 
-    t0 = time.time()
-    base = score({})
-    gains = {}
-    G = args.group
-    for li in range(0, L, G):
-        grp = list(range(li, min(L, li + G)))
-        gains[li] = score({x: list(range(H)) for x in grp}) - base
-        print(grp, round(gains[li], 4), flush=True)
-    best = [li for li in sorted(gains, key=lambda x: -gains[x]) if gains[li] > 0][: args.top]
-    searched = [f"{x}:*" for li in best for x in range(li, min(L, li + G))]
-    n_heads = len(searched) * H
-    all_pairs = [(li, h) for li in range(L) for h in range(H)]
-    rnd = {str(s): [f"{li}:{h}" for li, h in random.Random(s).sample(all_pairs, n_heads)] for s in range(args.seeds)}
-    search_s = time.time() - t0
-    # the same calibration score for the searched heads and for each random draw of as many heads
-    gain_searched = (score(parse_heads(searched, L, H)) - base) if searched else 0.0
-    gain_random = {k: score(parse_heads(v, L, H)) - base for k, v in rnd.items()} if searched else {}
+    srch = layer_group_search(score, L, H, args.group, args.top, args.seeds)
     res = {"machine": machine(), "command": " ".join(sys.argv), "rule": act_search.__doc__.strip(),
            "calibration_questions": len(prompts), "calibration_split": "questions()[1000:1000+n] (test uses [:n])",
-           "base_logprob": base, "gain_by_layer": gains, "searched": searched, "random": rnd,
-           "gain_searched": gain_searched, "gain_random": gain_random, "search_s": search_s}
+           "base_logprob": srch.pop("base"), "gain_by_layer": srch.pop("gains")} | srch
     out = Path(args.out or RES / "attention_act_heads.json")
     out.write_text(json.dumps(res, indent=2))
-    print("searched", searched, "wrote", out)
+    print("searched", res["searched"], "wrote", out)
+
+
+# -- ACT on a classification task --------------------------------------------------------------------
+CLS_INSTRUCTION = "Does the passage contain the answer to the question? Answer yes or no."
+CLS_LABELS = (" yes", " no")
+
+
+def _norm(t: str) -> str:
+    from ragkit.eval.metrics import normalize_answer
+
+    return normalize_answer(t)
+
+
+def cls_items(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:
+    """Passage-relevance classification built from the NQ gold passages: for the i-th question, its own
+    gold passage (label yes) when i is even, else another question's gold passage (label no). A "yes"
+    passage must contain an answer string and a "no" passage none (normalised), else the question is
+    skipped, so the labels are right by construction."""
+    out = []
+    for i, row in enumerate(rows):
+        want_yes = i % 2 == 0
+        if want_yes:
+            psg = bench_kv.gold(row)
+        else:
+            rng = random.Random(f"{seed}-cls-{row['question']}")
+            psg = bench_kv.gold(rng.choice([r for r in pool if r is not row]))
+        has = any(_norm(a) and _norm(a) in _norm(psg["text"]) for a in row["answers"])
+        if has != want_yes:
+            continue
+        out.append({"question": row["question"], "title": psg["title"], "text": psg["text"],
+                    "label": 0 if want_yes else 1})
+    return out
+
+
+def cls_prompt(demos: list[dict], it: dict) -> str:
+    def one(x: dict, label: str) -> str:
+        return f"Passage: {x['title']}: {x['text']}\nQuestion: {x['question']}?\nAnswer:{label}"
+    return "\n\n".join([CLS_INSTRUCTION] + [one(d, CLS_LABELS[d["label"]]) for d in demos] + [one(it, "")])
+
+
+def act_cls(args) -> None:
+    """ACT on in-context classification (the setting of the ACT paper's classification results): does the
+    passage answer the question, 4 labelled demonstrations in the prompt, prediction = the larger of
+    p(" yes") and p(" no") after "Answer:". Heads searched on a calibration split with the same
+    layer-group rule as act-search, scored by the mean log-probability of the correct label (normalised
+    over the two labels); then accuracy (yes when log p(yes) >= log p(no)) and AUROC of that margin
+    (threshold-free: does ACT sharpen the model's discrimination, not only move its label bias) on the
+    test split for no ACT, the searched heads and as many random heads per seed."""
+    import torch
+
+    from ragkit.generators._attention import ACT, AttentionContext, active, parse_heads
+
+    g = make_gen(fim=True)
+    model, tok = g._model, g._tok
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    lab_ids = [tok(w, add_special_tokens=False)["input_ids"] for w in CLS_LABELS]
+    if any(len(x) != 1 for x in lab_ids):
+        raise SystemExit(f"the labels {CLS_LABELS} are not single tokens for this tokenizer: {lab_ids}")
+    lab_ids = [x[0] for x in lab_ids]
+    demo_pool = cls_items(questions()[900:1000], questions()[900:1000], args.seed)
+    yes = [d for d in demo_pool if d["label"] == 0][:2]
+    no = [d for d in demo_pool if d["label"] == 1][:2]
+    demos = [yes[0], no[0], no[1], yes[1]]
+    cal = cls_items(cal_split(args.cal), questions()[1000:1300], args.seed)
+    test = cls_items(test_split(args.test), test_pool(), args.seed)
+    enc = {id(x): tok(cls_prompt(demos, x), add_special_tokens=False)["input_ids"] for x in cal + test}
+
+    def logp2(x: dict, heads) -> list[float]:
+        ids = enc[id(x)]
+        ctx = AttentionContext(0, [], (0, 0), [], [ACT(heads, args.act_tau, args.act_beta)] if heads else [])
+        with active(ctx), torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]))
+        return torch.log_softmax(out.logits[0, -1, lab_ids].float(), -1).tolist()
+
+    def score(heads) -> float:
+        return statistics.mean(logp2(x, heads)[x["label"]] for x in cal)
+
+    srch = layer_group_search(score, L, H, args.group, args.top, args.seeds)
+    configs = {"none": {}}
+    if srch["searched"]:
+        configs["act searched"] = parse_heads(srch["searched"], L, H)
+        configs |= {f"act random {k}": parse_heads(v, L, H) for k, v in srch["random"].items()}
+    t0 = time.time()
+    correct, margin, aucs = {}, {}, {}
+    for name, heads in configs.items():
+        lp = [logp2(x, heads) for x in test]
+        margin[name] = [round(a - b, 4) for a, b in lp]          # log p(yes) - log p(no)
+        correct[name] = [float((0 if m >= 0 else 1) == x["label"]) for m, x in zip(margin[name], test)]
+        aucs[name] = auroc([m for m, x in zip(margin[name], test) if x["label"] == 1],    # P(margin of a "no" <
+                           [m for m, x in zip(margin[name], test) if x["label"] == 0])    #   margin of a "yes")
+        print(name, round(statistics.mean(correct[name]), 3), round(aucs[name], 3), flush=True)
+    acc = {k: statistics.mean(v) for k, v in correct.items()}
+    rnd = [v for k, v in acc.items() if k.startswith("act random")]
+    res = {"machine": machine(), "command": " ".join(sys.argv), "task": act_cls.__doc__.strip(),
+           "instruction": CLS_INSTRUCTION, "labels": CLS_LABELS, "demos": [d["question"] for d in demos],
+           "calibration_examples": len(cal), "test_examples": len(test),
+           "test_label_yes_share": statistics.mean(float(x["label"] == 0) for x in test),
+           "search": srch, "accuracy": acc, "auroc": aucs,
+           "random_mean": statistics.mean(rnd) if rnd else None,
+           "random_sd": statistics.stdev(rnd) if len(rnd) > 1 else None,
+           "random_auroc_mean": statistics.mean(v for k, v in aucs.items() if k.startswith("act random")) if rnd else None,
+           "labels_test": [x["label"] for x in test], "margins": margin,
+           "sign_test_vs_none": {k: sign_test(correct["none"], v) for k, v in correct.items() if k != "none"},
+           "test_s": time.time() - t0}
+    out = Path(args.out or RES / "attention_act_cls.json")
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("accuracy", "auroc", "random_mean", "random_sd", "sign_test_vs_none")}, indent=1))
 
 
 # -- guard -------------------------------------------------------------------------------------------
@@ -677,6 +795,24 @@ def report(args) -> None:
             lines += [f"Calibration gain (mean log-probability of the gold answer vs no ACT): searched {a['gain_searched']:+.4f}; "
                       f"random heads, same number, {len(gr)} seeds: " + ", ".join(f"{x:+.4f}" for x in gr)
                       + (f" (mean {statistics.mean(gr):+.4f}, sd {statistics.pstdev(gr):.4f})" if gr else ""), ""]
+    c = load("attention_act_cls.json")
+    if c:
+        sr = c["search"]
+        lines += ["## ACT on an in-context classification task", "", f"`{c['command']}`", "", " ".join(c["task"].split()), "",
+                  f"Calibration examples: {c['calibration_examples']}; gain per layer group (mean log-probability of "
+                  "the correct label): " + ", ".join(f"{k}: {v:+.3f}" for k, v in sr["gains"].items())
+                  + f"; searched heads: {sr['searched'] or 'none (no group improved)'}.", "",
+                  f"Test: {c['test_examples']} examples ({100 * c['test_label_yes_share']:.0f}% yes).", "",
+                  "heads | accuracy | AUROC of log p(yes) - log p(no) | better/worse vs none (sign test p)", "--- | --- | --- | ---"]
+        for k, v in c["accuracy"].items():
+            st = c["sign_test_vs_none"].get(k)
+            lines.append(f"{k} | {100 * v:.1f} | {c['auroc'][k]:.3f} | "
+                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+        if c.get("random_mean") is not None:
+            lines += ["", f"Random heads (as many as searched, one draw per seed): accuracy mean {100 * c['random_mean']:.1f}"
+                      + (f", sd {100 * c['random_sd']:.1f}" if c.get("random_sd") is not None else "")
+                      + f"; AUROC mean {c['random_auroc_mean']:.3f}."]
+        lines.append("")
     gd = load("attention_guard.json")
     if gd:
         t = gd["test"]
@@ -751,6 +887,17 @@ def main(argv=None) -> None:
     p.add_argument("--act-beta", type=float, default=0.4)
     p.add_argument("--out", default="")
     p.set_defaults(fn=act_search)
+    p = sub.add_parser("act-cls", help="ACT on an in-context classification task: head search and test accuracy")
+    p.add_argument("--cal", type=int, default=40, help="calibration questions (about half become examples of each label)")
+    p.add_argument("--test", type=int, default=200, help="test questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--group", type=int, default=3, help="consecutive layers searched together")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--act-tau", type=float, default=0.1)
+    p.add_argument("--act-beta", type=float, default=0.4)
+    p.add_argument("--out", default="")
+    p.set_defaults(fn=act_cls)
     p = sub.add_parser("guard", help="attention guard: head selection and AUROC")
     p.add_argument("--cal", type=int, default=40)
     p.add_argument("--test", type=int, default=60)
