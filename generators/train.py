@@ -164,7 +164,7 @@ def _save_adapter(net: Any, out: Path, meta: dict) -> None:
 
     from ragkit.artifacts import atomic_write_text
 
-    sd = peft.get_peft_model_state_dict(net)
+    sd = peft.get_peft_model_state_dict(net, save_embedding_layers=False)   # LoRA on projections only; no hub probe
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in sd.items()}
     fd, tmp = tempfile.mkstemp(prefix=".adapter.", suffix=".safetensors", dir=out)
     os.close(fd)
@@ -281,11 +281,14 @@ def train_generator(output: str, *, datasets: Sequence[str] = DEFAULT_DATASETS, 
         net.train()
         trainable = net
     else:
+        from ragkit._hfcompat import peft_quiet
+
         peft = require("peft", "LoRA generator training", extra="lora")
         cfg = peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                               target_modules=list(lora_targets))
         try:
-            trainable = peft.get_peft_model(net, cfg)
+            with peft_quiet():
+                trainable = peft.get_peft_model(net, cfg)
         except ValueError as exc:
             names = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)})
             raise ConfigError(f"train-generator: --lora-targets {','.join(lora_targets)}: {exc}. Linear layers of "

@@ -1,4 +1,5 @@
-"""The one place that knows how transformers names the KV cache.
+"""The one place that knows how transformers names the KV cache (and hides peft's use of a deprecated
+transformers method, :func:`peft_quiet`).
 
 transformers renamed the cache argument of every forward (models, decoder layers,
 ``create_causal_mask``) and the cache field of its outputs from ``past_key_values`` to ``cache``;
@@ -10,9 +11,11 @@ test), so no ragkit call uses a deprecated name.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,3 +37,14 @@ def output_cache(out: Any) -> Any:
     if cache_arg() == "cache":
         return out.cache
     return out.past_key_values
+
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """``with peft_quiet(): peft.get_peft_model(...)`` (or ``PeftModel.from_pretrained``): hides the
+    FutureWarning that peft's own call of transformers' deprecated ``is_gradient_checkpointing`` raises on
+    transformers 5.2x (peft's code, nothing a ragkit user can change); any other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

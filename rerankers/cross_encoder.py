@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ragkit._deps import require
+from ragkit._hfcompat import peft_quiet
 from ragkit.errors import ConfigError, ModelNotFoundError
 from ragkit.registry import register
 from ragkit.stage import param
@@ -145,7 +146,8 @@ class CrossEncoderReranker(RerankerBase):
                 net = tf.AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
             finally:
                 tf.logging.set_verbosity(verbosity)
-            model = peft.PeftModel.from_pretrained(net, path).merge_and_unload()
+            with peft_quiet():
+                model = peft.PeftModel.from_pretrained(net, path).merge_and_unload()
         except (OSError, ValueError) as exc:
             raise load_error(self.model, exc) from exc
         return tok, model, {}

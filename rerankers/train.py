@@ -85,10 +85,13 @@ LORA_TARGETS = ("query", "key", "value", "dense")
 
 def _with_lora(net: Any, rank: int, base_name: str) -> Any:
     """``net`` wrapped by peft: LoRA on the attention and MLP projections, the head trained in full."""
+    from ragkit._hfcompat import peft_quiet
+
     peft = require("peft", "LoRA reranker training", extra="lora")
     cfg = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                           target_modules=list(LORA_TARGETS), modules_to_save=["classifier", "pooler"])
-    net = peft.get_peft_model(net, cfg)
+    with peft_quiet():
+        net = peft.get_peft_model(net, cfg)
     net.peft_config["default"].base_model_name_or_path = base_name   # a short name stays portable
     return net
 

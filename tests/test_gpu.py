@@ -153,3 +153,69 @@ def test_kv_reuse_exact_on_cuda():
     batch = eng.prefill_batch(prompts)
     for b, s in enumerate(singles):
         torch.testing.assert_close(batch.logits[b].float(), s.logits[0].float(), atol=2e-3, rtol=1e-3)
+
+
+def test_attention_methods_on_cuda():
+    """The attention hook on CUDA: with no method active the logits equal the unhooked model's on the same
+    device; found-in-the-middle's calibrated relevance matches the CPU's; ACT, sorting, the guard and the
+    parallel-encoding fixes run there (float32)."""
+    _installed("smollm2-135m-instruct")
+    from ragkit.generators import _attnrun
+    from ragkit.generators._attention import AttentionContext, Reader, active, install_hook
+    from ragkit.generators.hf import HFGenerator
+    from ragkit.models import load_causal_lm
+
+    tok, ref, _ = load_causal_lm("smollm2-135m-instruct", DEV, "float32", "sdpa")
+    _, hooked, _ = load_causal_lm("smollm2-135m-instruct", DEV, "float32", "sdpa")
+    install_hook(hooked)
+    x = torch.tensor([tok("The capital of France is Paris. The capital of Germany is")["input_ids"]], device=DEV)
+    with torch.no_grad():
+        a = ref(x).logits
+        rd = Reader("last")
+        with active(AttentionContext(x.shape[1] - 3, readers=[rd])):
+            b = hooked(x).logits
+    assert torch.equal(a, b) and len(rd.record) == ref.config.num_hidden_layers
+    r = ranking_with_texts()[0]
+    rel = {}
+    for dev in ("cpu", DEV):
+        g = HFGenerator(device=dev, dtype="float32", fim=True).setup()
+        rel[dev], _ = _attnrun.attention_relevance(g, r.query.text, list(r.hits))
+    np.testing.assert_allclose(rel[DEV], rel["cpu"], atol=1e-4)
+    for kw in ({"fim": True}, {"act_heads": ["15:*", "16:*", "17:*"]}, {"attention_sort_rounds": 2},
+               {"guard": "flag", "guard_heads": ["13:6", "15:3"], "guard_threshold": 0.4},
+               {"kv_reuse": "plain", "kv_temperature": 0.8}):
+        out = HFGenerator(device=DEV, dtype="float32", max_new_tokens=8, **kw)([r])[0]
+        assert isinstance(out.text, str) and out.meta["attention_hook"], kw
+
+
+def test_train_generator_on_cuda(tmp_path):
+    """``ragkit train-generator --device cuda``: two block-pattern and full-attention steps of SmolLM2 on a
+    small generated dataset; the first step's loss (before any update) equals the CPU run's."""
+    _installed("smollm2-135m-instruct")
+    import json
+
+    from ragkit.generators.train import train_generator
+
+    data = tmp_path / "data"
+    data.mkdir()
+    facts = [("Paris", "France"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Rome", "Italy"),
+             ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Athens", "Greece"), ("Oslo", "Norway"),
+             ("Dublin", "Ireland"), ("Warsaw", "Poland"), ("Prague", "Czechia"), ("Bern", "Switzerland")]
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": f"d{i}", "title": c, "text": f"{a} is the capital of {c}."}) + "\n"
+                                               for i, (a, c) in enumerate(facts)))
+    (data / "queries.jsonl").write_text("".join(json.dumps({"qid": f"q{i}", "text": f"What is the capital of {c}?"}) + "\n"
+                                                for i, (_, c) in enumerate(facts)))
+    (data / "qrels.tsv").write_text("".join(f"q{i}\t0\td{i}\t1\n" for i in range(len(facts))))
+    (data / "answers.jsonl").write_text("".join(json.dumps({"qid": f"q{i}", "answers": [a]}) + "\n"
+                                                for i, (a, _) in enumerate(facts)))
+    runs = {}
+    for dev in ("cpu", DEV):
+        runs[dev] = train_generator(str(tmp_path / f"out-{dev.replace(':', '')}"), datasets=[str(data)], examples=4,
+                                    passages="2-3", batch_size=2, max_steps=2, holdout_every=4, dev_examples=1,
+                                    progress=False, seed=3, device=dev)
+        assert runs[dev]["step"] == 2 and runs[dev]["device"].startswith(dev.split(":")[0])
+
+    def first_loss(dev):
+        log = (tmp_path / f"out-{dev.replace(':', '')}" / "train_log.jsonl").read_text().splitlines()
+        return json.loads(log[0])["loss"]
+    assert abs(first_loss(DEV) - first_loss("cpu")) <= 1e-3 * max(1.0, abs(first_loss("cpu")))
