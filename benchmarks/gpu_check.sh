@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for ragkit: on a CUDA machine, in under 8 minutes,
-#   1. installs what it needs (this repo with its dense/llm/dev extras, faiss-gpu-cu12, the SmolLM2 weights),
-#   2. runs the tests marked `gpu` (faiss-gpu vs CPU, fp16/bf16 encoding, rerankers, generator, KV reuse on CUDA),
+#   1. installs what it needs (this repo with its dense/llm/lora/dev extras, faiss-gpu-cu12, the SmolLM2 weights),
+#   2. runs the tests marked `gpu` (faiss-gpu vs CPU, fp16/bf16 encoding, rerankers, generator, KV reuse,
+#      the attention-level methods and train-generator on CUDA),
 #   3. runs the passage-KV TTFT benchmark at about 4k, 8k, 16k and 32k prompt tokens on the GPU,
 # and writes everything under benchmarks/results/gpu/ (or --out): env.txt, install.log, tests.log,
 # tests.xml, ttft.json, ttft.log, summary.md.
@@ -30,7 +31,7 @@ SIZES="20,40,80,160"
 REPEATS=2
 # time limits per step (seconds); together under 8 minutes
 T_INSTALL=240
-T_TESTS=120
+T_TESTS=150
 T_TTFT=100
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -55,7 +56,7 @@ done
 [[ "$REPEATS" =~ ^[1-9][0-9]*$ ]] || die "--repeats must be a positive integer, got '$REPEATS'"
 [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "--wheelhouse '$WHEELS' is not a folder"
 
-EXTRAS="dense,llm,dev"
+EXTRAS="dense,llm,lora,dev"
 if [ -n "$WHEELS" ]; then PIPSRC=(--no-index --find-links "$WHEELS"); else PIPSRC=(); fi
 # faiss-cpu (dense extra) and faiss-gpu-cu12 install the same `faiss` module: the CPU one goes first
 INSTALL_1=(pip install "${PIPSRC[@]}" -e "$ROOT[$EXTRAS]")

