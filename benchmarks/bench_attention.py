@@ -795,6 +795,18 @@ def report(args) -> None:
             lines += [f"Calibration gain (mean log-probability of the gold answer vs no ACT): searched {a['gain_searched']:+.4f}; "
                       f"random heads, same number, {len(gr)} seeds: " + ", ".join(f"{x:+.4f}" for x in gr)
                       + (f" (mean {statistics.mean(gr):+.4f}, sd {statistics.pstdev(gr):.4f})" if gr else ""), ""]
+    tt = load("attention_ttft.json")
+    if tt:
+        lines += ["## Time to first token with the parallel-encoding fixes", "", f"`{tt['command']}`", "",
+                  f"Passages of {tt['passage_tokens']} tokens already in the store, median of {tt['repeats']}, one "
+                  f"thread, load average at the start {[round(x, 1) for x in tt['machine']['load_avg_start']]} on 2 cores.", ""]
+        for n, run in tt["runs"].items():
+            full = statistics.median(run["none"])
+            lines += [f"{n} passages, {run['prompt_tokens']} prompt tokens:", "", "mode | TTFT (s) | full prefill / mode",
+                      "--- | --- | ---"]
+            lines += [f"{m} | {statistics.median(run[m]):.3f} | {full / statistics.median(run[m]):.1f}x"
+                      for m in tt["modes"]]
+            lines.append("")
     c = load("attention_act_cls.json")
     if c:
         sr = c["search"]

@@ -35,6 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "lost_in_the_middle" / "nq-open-oracle.part-a.jsonl.gz"
 RES = ROOT / "benchmarks" / "results"
 MODES = {"none": {}, "plain": {"kv_reuse": "plain"}, "blend": {"kv_reuse": "blend", "recompute_ratio": 0.15}}
+# ``ttft --fixes``: the training-free parallel-encoding fixes of generator.hf (docs/attention.md)
+FIX_MODES = {"plain T=0.8": {"kv_reuse": "plain", "kv_temperature": 0.8},
+             "plain S=0.8": {"kv_reuse": "plain", "kv_scale": 0.8},
+             "plain top-3 blocks": {"kv_reuse": "plain", "kv_top_blocks": 3},
+             "blend T=0.8": {"kv_reuse": "blend", "recompute_ratio": 0.15, "kv_temperature": 0.8}}
 
 
 def rows() -> list[dict]:
@@ -76,12 +81,15 @@ def generators(store: str, max_new: int, max_passages: int, max_tokens: int, mod
                            adapter=DEVICE["adapter"], max_new_tokens=max_new,
                            max_passages=max_passages, max_passage_tokens=max_tokens, kv_store=store,
                            kv_memory_mb=4096, **kw, **extra).setup() for m, extra in (modes or MODES).items()}
-    # one model in memory, shared by the three modes (same weights; the engines keep their own stores)
+    # one model in memory, shared by the three modes (same weights; the engines keep their own stores);
+    # a mode with an attention-level fix keeps its own model, which carries the attention hook
     from ragkit.kv.reuse import use_gqa_sdpa
 
     base = gens["none"]._model
     use_gqa_sdpa(base)   # as each engine did on its own model (full prefill passes no mask: unaffected)
-    for g in gens.values():
+    for m, g in gens.items():
+        if m not in MODES:
+            continue
         g._model = base
         eng = getattr(g, "_engine", None)
         if eng is not None:
@@ -97,7 +105,7 @@ def ttft(args) -> None:
     if args.dry_run:
         print(f"ttft: {len(args.sizes)} sizes of {args.sizes} passages x {tok_len} tokens (about "
               f"{', '.join(f'{n * tok_len / 1000:.0f}k' for n in args.sizes)} prompt tokens), {args.repeats} repeats, "
-              f"modes {', '.join(MODES)}, device {DEVICE['device']} {DEVICE['dtype']}, "
+              f"modes {', '.join(MODES | (FIX_MODES if args.fixes else {}))}, device {DEVICE['device']} {DEVICE['dtype']}, "
               f"{'synthetic passages' if args.synthetic or not DATA.exists() else DATA.name} -> {args.out or RES / 'kv_ttft.json'}")
         return
     if args.synthetic or not DATA.exists():
@@ -113,20 +121,21 @@ def ttft(args) -> None:
         question = data[1000]["question"]
     q = Query("q", question)
     store = tempfile.mkdtemp(prefix="bench-kv-")
-    gens = generators(store, 1, max(args.sizes), tok_len)
+    modes = MODES | (FIX_MODES if args.fixes else {})
+    gens = generators(store, 1, max(args.sizes), tok_len, modes)
     res: dict = {"machine": machine(), "repeats": args.repeats, "passage_tokens": tok_len, "runs": {},
                  "passages": "synthetic" if args.synthetic or not DATA.exists() else DATA.name,
-                 "device": dict(DEVICE), "command": "python benchmarks/bench_kv.py " + " ".join(sys.argv[1:])}
+                 "device": dict(DEVICE), "modes": modes, "command": "python benchmarks/bench_kv.py " + " ".join(sys.argv[1:])}
     rankings = {n: Ranking(q, tuple(Hit("q", f"p{j}", float(n - j), 0, t, meta={"title": ti})
                                     for j, (ti, t) in enumerate(pool[:n]))) for n in args.sizes}
     for n in args.sizes:   # warm-up: fills the store (disk + memory) and the prefix cache
-        for m in ("plain", "blend", "none"):
+        for m in [k for k in modes if k != "none"] + ["none"]:
             a = gens[m]([rankings[n]])[0]
-            res["runs"].setdefault(str(n), {"prompt_tokens": a.meta["prompt_tokens"], **{k: [] for k in MODES}})
+            res["runs"].setdefault(str(n), {"prompt_tokens": a.meta["prompt_tokens"], **{k: [] for k in modes}})
             print(f"warm n={n} {m} prompt={a.meta['prompt_tokens']} ttft={a.timings['ttft_s']:.2f}", flush=True)
     for r in range(args.repeats):
         for n in args.sizes:
-            for m in MODES:
+            for m in modes:
                 a = gens[m]([rankings[n]])[0]
                 res["runs"][str(n)][m].append(a.timings["ttft_s"])
                 if m == "blend":
@@ -406,6 +415,8 @@ def main(argv=None) -> None:
     t.add_argument("--out", default="")
     t.add_argument("--synthetic", action="store_true", help="synthetic passages (default when ../shared/data is absent)")
     t.add_argument("--dry-run", action="store_true", help="print what would be measured and stop")
+    t.add_argument("--fixes", action="store_true",
+                   help="also the parallel-encoding fixes (APE temperature / scale, top-3 blocks, blend + T)")
     q = sub.add_parser("quality")
     q.add_argument("--passages", type=int, default=10)
     q.add_argument("--questions", type=int, default=100)
