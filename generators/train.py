@@ -131,7 +131,8 @@ def plot_losses(losses: Sequence[float], path: Path, title: str = "") -> Path | 
     except ImportError:
         return None
     import os
-    import tempfile
+
+    from ragkit.artifacts import temp_file
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     xs = list(range(1, len(losses) + 1))
@@ -145,7 +146,7 @@ def plot_losses(losses: Sequence[float], path: Path, title: str = "") -> Path | 
     ax.set_title(title or "ragkit train-generator")
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=path.parent)
+    fd, tmp = temp_file(path.parent, ".loss.", ".png")
     os.close(fd)
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
@@ -156,17 +157,16 @@ def plot_losses(losses: Sequence[float], path: Path, title: str = "") -> Path | 
 def _save_adapter(net: Any, out: Path, meta: dict) -> None:
     """adapter_config.json + adapter_model.safetensors (float16) + ragkit_adapter.json, each written atomically."""
     import os
-    import tempfile
 
     torch = require("torch")
     peft = require("peft")
     from safetensors.torch import save_file
 
-    from ragkit.artifacts import atomic_write_text
+    from ragkit.artifacts import atomic_write_text, temp_file
 
     sd = peft.get_peft_model_state_dict(net, save_embedding_layers=False)   # LoRA on projections only; no hub probe
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".adapter.", suffix=".safetensors", dir=out)
+    fd, tmp = temp_file(out, ".adapter.", ".safetensors")
     os.close(fd)
     save_file(sd, tmp, metadata={"format": "pt"})
     os.replace(tmp, out / "adapter_model.safetensors")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.model_identity import ModelCacheKey
-from ragkit.artifacts import cache_dir
+from ragkit.artifacts import cache_dir, temp_file
 from ragkit.errors import ConfigError
 from ragkit.models import ResolvedModel, pick_device, resolve_model
 
@@ -103,7 +102,7 @@ class EmbeddingCache:
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr, allow_pickle=False)

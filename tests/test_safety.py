@@ -211,3 +211,28 @@ def test_index_folders_with_sub_folders_are_listed_and_verified(tmp_path):
     (target / "shard-9").mkdir()
     with pytest.raises(ConfigError, match="shard-9, which ragkit did not write"):
         write(1)
+
+
+def test_files_ragkit_writes_have_ordinary_permissions(tmp_path):
+    """Atomic writes go through a temporary file; it must not keep mkstemp's private 0600 mode: an index
+    (or adapter, or KV block) built by one account has the mode ``open(..., "w")`` would give it."""
+    import stat
+
+    from ragkit.artifacts import atomic_write_text, temp_file
+
+    old = os.umask(0o022)
+    try:
+        want = 0o644
+        atomic_write_text(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == want
+        fd, tmp = temp_file(tmp_path, ".x.")
+        os.close(fd)
+        assert stat.S_IMODE(os.stat(tmp).st_mode) == want
+        BM25Indexer(path=str(tmp_path / "idx"))(DOCS)
+        modes = {stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "idx").rglob("*") if f.is_file()}
+        assert modes == {want}, modes
+        os.umask(0o077)            # a stricter umask is respected
+        atomic_write_text(tmp_path / "b.json", "{}")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -179,7 +178,9 @@ class KVStore:
             self._write_namespace()
             f = self.path(key)
             f.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=f.parent)
+            from ragkit.artifacts import temp_file
+
+            fd, tmp = temp_file(f.parent, f".{f.name}.")
             os.close(fd)
             try:
                 st.save_file({"ids": stored.ids, "keys": stored.keys, "values": stored.values}, tmp,
