@@ -188,8 +188,8 @@ def positions(args) -> None:
                                   f"{'' if K == 10 else f'_{K}'}.json"))
     args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
                                      "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
-    for k in ("fim_layers", "calibration"):     # recorded only when not the default (older files stay resumable)
-        if getattr(args, k) not in ("auto", False):
+    for k in ("fim_layers", "calibration", "fim_mix"):   # recorded only when not the default (older files stay resumable)
+        if getattr(args, k) not in ("auto", False, 1.0):
             args.settings[k] = getattr(args, k)
     items, args.commands = _resume(args, out, args.settings)
     done = {(x["qi"], x["gold_pos"]) for x in items}
@@ -243,7 +243,7 @@ def positions(args) -> None:
                 it["recall3"]["calibrated_alt_dummy"] = float(_rank_of(c2, p) <= 3)
             # found in the middle, per temperature
             for t in ([] if "fim" in args.skip else args.fim_t):
-                resc = DocMassRescale(layers, cal, t)
+                resc = DocMassRescale(layers, cal, t, args.fim_mix)
                 pff, tf = timed_prefill(g, q, pairs, [], [resc], reuse=pf)   # final block only
                 text, _ = answer(g, pff)
                 it["methods"][f"fim t={t:g}"] = {"text": text, "em_in": em(text, row["answers"]),
@@ -751,7 +751,8 @@ def report(args) -> None:
         K = d["passages"]
         st_ = d["settings"]
         split = " (calibration split)" if st_.get("calibration") else ""
-        fl = f", found-in-the-middle layers {st_['fim_layers']}" if st_.get("fim_layers") else ""
+        fl = (f", found-in-the-middle layers {st_['fim_layers']}" if st_.get("fim_layers") else "") + \
+             (f", mix {st_['fim_mix']}" if st_.get("fim_mix") else "")
         lines += [f"## NQ multi-document QA{split}, gold at positions {' / '.join(bp)} of {K}{fl}", "",
                   " then ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
                   + f" -- {d['questions']} questions, each at every position (n per position: "
@@ -873,6 +874,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--fim-t", type=float, nargs="*", default=[0.02])
     p.add_argument("--fim-layers", default="auto", help="found-in-the-middle layers ('auto' = later half, 'a-b')")
+    p.add_argument("--fim-mix", type=float, default=1.0, help="found-in-the-middle: share of the way to the target masses")
     p.add_argument("--calibration", action="store_true",
                    help="run on the calibration split (questions()[1000:], for choosing t and layers)")
     p.add_argument("--dummy", default="N/A")

@@ -207,13 +207,15 @@ class DocMassRescale:
     """Found-in-the-middle intervention (Hsieh et al. 2024): on the chosen layers, every head, the
     final block's rows and decode steps get each document's attention mass rescaled toward
     ``softmax(relevance / t)`` times the row's total document mass (total unchanged, other keys
-    untouched; inside a document the tokens keep their relative weights)."""
+    untouched; inside a document the tokens keep their relative weights). ``mix`` < 1 moves each mass
+    only that share of the way: (1 - mix) * its own mass + mix * its target (1 = the paper's rescaling)."""
 
     needs = "rows"
 
-    def __init__(self, layers: Iterable[int], relevance: Sequence[float], temperature: float) -> None:
+    def __init__(self, layers: Iterable[int], relevance: Sequence[float], temperature: float, mix: float = 1.0) -> None:
         torch = require("torch")
         self.layers = set(layers)
+        self.mix = float(mix)
         self.target = torch.softmax(torch.tensor(list(relevance), dtype=torch.float64) / temperature, 0).float()
 
     def touches(self, layer: int) -> bool:
@@ -225,6 +227,8 @@ class DocMassRescale:
         masses = torch.stack([probs[..., a:b].sum(-1) for a, b in ctx.doc_spans], dim=-1)   # [B, H, r, K]
         total = masses.sum(-1, keepdim=True)
         want = total * self.target.to(probs.device)
+        if self.mix != 1.0:
+            want = (1.0 - self.mix) * masses + self.mix * want
         factor = torch.where(masses > 0, want / masses.clamp_min(1e-30), torch.ones_like(masses))
         for k, (a, b) in enumerate(ctx.doc_spans):
             probs[..., a:b] *= factor[..., k:k + 1]

@@ -300,7 +300,7 @@ def run_one(g: Any, r: Any) -> Any:
                                             dummy=g.fim_dummy or DEFAULT_DUMMY, rewriters=base_rewriters(g))
             n_prefills += 2 if g.fim_bias == "dummy" else 1 + len(hits)
             meta["fim_relevance"] = rel
-            rewriters = base_rewriters(g) + [DocMassRescale(g._fim_layers, rel, g.fim_temperature)]
+            rewriters = base_rewriters(g) + [DocMassRescale(g._fim_layers, rel, g.fim_temperature, g.fim_mix)]
             ready, reuse = None, info["prefill"]     # the relevance pass's prompt: only its final block reruns
         if ready is None:
             grd = guard_reader() if "guard" not in meta else []

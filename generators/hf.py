@@ -84,6 +84,8 @@ class HFGenerator(Generator):
     fim: bool = param(False, help="found-in-the-middle: rescale passages' attention toward calibrated relevance")
     fim_temperature: float = param(0.02, gt=0, help="found-in-the-middle: t in softmax(relevance / t)")
     fim_layers: str = param("auto", help="found-in-the-middle: layers rescaled ('auto' = later half, 'a-b', 'a,b')")
+    fim_mix: float = param(1.0, ge=0, le=1, help="found-in-the-middle: share of the way each passage's mass moves "
+                                                 "to its target (1 = the paper's full rescaling)")
     fim_bias: Literal["dummy", "swap"] = param(
         "dummy", help="positional bias: one prefill with the dummy at every position, or one per position")
     fim_dummy: str = param("", help="found-in-the-middle: content-free dummy passage text (empty = 'N/A')")

@@ -237,6 +237,11 @@ def test_doc_mass_rescale_keeps_total_and_hits_targets():
     torch.testing.assert_close(out.sum(-1), torch.ones_like(out.sum(-1)))
     # inside a document the tokens keep their relative weights
     torch.testing.assert_close(out[..., 1:4] / out[..., 1:4].sum(-1, keepdim=True), P[..., 1:4] / P[..., 1:4].sum(-1, keepdim=True))
+    # mix: each mass moves that share of the way to its target; 0 leaves the probabilities as they are
+    half = DocMassRescale([0], rel, temperature=0.02, mix=0.5).apply(0, P, lg, qpos, ctx)
+    torch.testing.assert_close(mass(half), 0.5 * mass(P) + 0.5 * mass(out))
+    torch.testing.assert_close(half.sum(-1), torch.ones_like(half.sum(-1)))
+    torch.testing.assert_close(DocMassRescale([0], rel, temperature=0.02, mix=0.0).apply(0, P, lg, qpos, ctx), P)
 
 
 def test_parallel_fix_temperature_scale_and_selection():
