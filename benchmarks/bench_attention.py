@@ -864,6 +864,17 @@ def report(args) -> None:
     print("wrote", out)
 
 
+def search_args(p) -> None:
+    """The options of ACT's layer-group head search (act-search, act-cls)."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--group", type=int, default=3, help="consecutive layers searched together")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--act-tau", type=float, default=0.1)
+    p.add_argument("--act-beta", type=float, default=0.4)
+    p.add_argument("--out", default="")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -893,24 +904,12 @@ def main(argv=None) -> None:
     p = sub.add_parser("act-search", help="ACT head search on the calibration split")
     p.add_argument("--questions", type=int, default=12)
     p.add_argument("--passages", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=1)
-    p.add_argument("--group", type=int, default=3, help="consecutive layers searched together")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--act-tau", type=float, default=0.1)
-    p.add_argument("--act-beta", type=float, default=0.4)
-    p.add_argument("--out", default="")
+    search_args(p)
     p.set_defaults(fn=act_search)
     p = sub.add_parser("act-cls", help="ACT on an in-context classification task: head search and test accuracy")
     p.add_argument("--cal", type=int, default=40, help="calibration questions (about half become examples of each label)")
     p.add_argument("--test", type=int, default=200, help="test questions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=1)
-    p.add_argument("--group", type=int, default=3, help="consecutive layers searched together")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--act-tau", type=float, default=0.1)
-    p.add_argument("--act-beta", type=float, default=0.4)
-    p.add_argument("--out", default="")
+    search_args(p)
     p.set_defaults(fn=act_cls)
     p = sub.add_parser("guard", help="attention guard: head selection and AUROC")
     p.add_argument("--cal", type=int, default=40)
