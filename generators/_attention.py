@@ -327,18 +327,21 @@ def _visible(qpos: Any, T: int, mask: Any, q: int) -> Any:
 def _rows_eager(query: Any, key: Any, value: Any, allowed: Any, scaling: float) -> tuple[Any, Any]:
     """(logits, probs) [B, H, q, T] in float32 for the given query rows; grouped KV heads expanded."""
     torch = require("torch")
-    groups = query.shape[1] // key.shape[1]
-    k = key.float().repeat_interleave(groups, dim=1) if groups > 1 else key.float()
-    logits = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling
+    B, H, q, D = query.shape
+    Hk, T = key.shape[1], key.shape[2]
+    # query head h reads KV head h // groups: fold each group's rows together instead of copying K
+    qg = query.float().reshape(B, Hk, (H // Hk) * q, D)
+    logits = torch.matmul(qg, key.float().transpose(-1, -2)).reshape(B, H, q, T) * scaling
     logits = logits.masked_fill(~allowed, float("-inf"))
     return logits, torch.softmax(logits, dim=-1)
 
 
 def _times_v(probs: Any, value: Any) -> Any:
     torch = require("torch")
-    groups = probs.shape[1] // value.shape[1]
-    v = value.float().repeat_interleave(groups, dim=1) if groups > 1 else value.float()
-    return torch.matmul(probs, v)          # [B, H, q, D]
+    B, H, q, T = probs.shape
+    Hk = value.shape[1]
+    out = torch.matmul(probs.reshape(B, Hk, (H // Hk) * q, T), value.float())
+    return out.reshape(B, H, q, value.shape[-1])          # [B, H, q, D]
 
 
 def _make_hook(base_name: str) -> Any:
@@ -379,8 +382,17 @@ def _make_hook(base_name: str) -> Any:
                     r.take(layer, probs[0][:, tgt], qpos[tgt], ctx)
             out = _times_v(probs, value).to(query.dtype)
             return out.transpose(1, 2).contiguous(), None
-        out, w_ = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
         tgt = (qpos >= ctx.final_start).nonzero().view(-1)
+        if writers and tgt.numel() == q:
+            # every row is rewritten (the final block over reused passages, a decode step): the kernel's
+            # output would be overwritten whole, so it is not computed
+            logits, probs = _rows_eager(query, key, value, _visible(qpos, T, None, q), scale)
+            for w in writers:
+                probs = w.apply(layer, probs, logits, qpos, ctx)
+            for r in readers:
+                r.take(layer, probs[0], qpos, ctx)
+            return _times_v(probs, value).to(query.dtype).transpose(1, 2).contiguous(), None
+        out, w_ = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
         if tgt.numel() == 0:
             return out, w_
         if not writers and all(r.rows == "last" for r in readers):
