@@ -586,11 +586,31 @@ def guard(args) -> None:
     # threshold: midpoint maximising balanced accuracy on the calibration set
     cands = sorted(set(cb + ca))
     thr = max(cands, key=lambda t: (sum(x < t for x in ca) / len(ca) + sum(x >= t for x in cb) / len(cb)))
-    te_b = fs(focus_mats(guard_set(test_rows, pool, args.passages, "clean", [], 3)))
-    te_a_seen = fs(focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[:3], 4)))
-    te_a_new = fs(focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[3:], 5)))
-    te_bi = fs(focus_mats(guard_set(test_rows, pool, args.passages, "benign_instr", BENIGN_INSTRUCTIONS, 6)))
+    m_b = focus_mats(guard_set(test_rows, pool, args.passages, "clean", [], 3))
+    m_as = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[:3], 4))
+    m_an = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[3:], 5))
+    m_bi = focus_mats(guard_set(test_rows, pool, args.passages, "benign_instr", BENIGN_INSTRUCTIONS, 6))
+    te_b, te_a_seen, te_a_new, te_bi = fs(m_b), fs(m_as), fs(m_an), fs(m_bi)
     te_a = te_a_seen + te_a_new
+    # other head-selection rules, each chosen on the calibration set only, scored on the same test prompts:
+    # the paper's rule at other k, and the N heads whose focus separates clean from attacked prompts best
+    # (d' = (mu_b - mu_a) / (sd_b + sd_a) on the calibration set)
+    m_a = torch.cat([m_as, m_an])
+    sep = (cal_b.mean(0) - cal_a.mean(0)) / (cal_b.std(0) + cal_a.std(0) + 1e-9)
+    order = [(int(i) // sep.shape[1], int(i) % sep.shape[1]) for i in sep.flatten().argsort(descending=True)]
+
+    def rule_auc(pairs):
+        sc = lambda m: [float(torch.stack([x[li, h] for li, h in pairs]).mean()) for x in m]   # noqa: E731
+        return auroc(sc(m_a), sc(m_b))
+    rules = {}
+    for kk in (1.0, 0.5, 0.0):
+        hs = _attnrun.select_guard_heads(cal_b, cal_a, kk)
+        if hs:
+            pr = [(li, h) for li, hh in parse_heads(hs, cal_b.shape[1], cal_b.shape[2]).items() for h in hh]
+            rules[f"paper rule k={kk:g} ({len(pr)} heads)"] = rule_auc(pr)
+    for n in (3, 6, 12, 24, 48, 96):
+        rules[f"top {n} heads by calibration d'"] = rule_auc(order[:n])
+    rules["all heads"] = rule_auc([(li, h) for li in range(cal_b.shape[1]) for h in range(cal_b.shape[2])])
     res = {"machine": machine(), "command": " ".join(sys.argv), "passages": args.passages,
            "construction": ("NQ gold passages (shared lost_in_the_middle data); each prompt = a question's gold passage + "
                             f"{args.passages - 1} other questions' gold passages, shuffled; attack: one passage gets an injected "
@@ -609,7 +629,8 @@ def guard(args) -> None:
                     "fpr_benign_instruction_at_threshold": sum(x < thr for x in te_bi) / len(te_bi),
                     "fpr_benign_instruction_ci95": _prop_ci([float(x < thr) for x in te_bi]),
                     "auroc_attack_vs_benign_instruction": auroc(te_a, te_bi)},
-           "all_heads_auroc_test": None, "seconds": time.time() - t0,
+           "all_heads_auroc_test": rules.get("all heads"), "head_rules_auroc_test": rules,
+           "seconds": time.time() - t0,
            "scores": {"cal_benign": cb, "cal_attack": ca, "test_benign": te_b, "test_attack": te_a, "test_benign_instr": te_bi}}
     out = Path(args.out or RES / "attention_guard.json")
     out.write_text(json.dumps(res, indent=2))
@@ -839,6 +860,9 @@ def report(args) -> None:
                   f"benign passages with instruction-like text {t['fpr_benign_instruction_at_threshold']:.2f} (95% CI "
                   f"{t['fpr_benign_instruction_ci95'][0]:.2f}-{t['fpr_benign_instruction_ci95'][1]:.2f}); AUROC attack vs "
                   f"benign-instruction {t['auroc_attack_vs_benign_instruction']:.3f}.", ""]
+        if gd.get("head_rules_auroc_test"):
+            lines += ["Other head-selection rules (each chosen on the calibration set), test AUROC: "
+                      + "; ".join(f"{k} {v:.3f}" for k, v in gd["head_rules_auroc_test"].items()) + ".", ""]
     for f in sorted(RES.glob("attention_kvfix*.json"), key=lambda f: ("_cal" not in f.name, len(f.name), f.name)):
         k = json.loads(f.read_text())
         title = "calibration split (choosing T, S)" if k["split"] == "calibration" else "test split"
