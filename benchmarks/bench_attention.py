@@ -188,8 +188,8 @@ def positions(args) -> None:
                                   f"{'' if K == 10 else f'_{K}'}.json"))
     args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
                                      "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
-    for k in ("fim_layers", "calibration", "fim_mix"):   # recorded only when not the default (older files stay resumable)
-        if getattr(args, k) not in ("auto", False, 1.0):
+    for k, default in (("fim_layers", "auto"), ("calibration", False), ("fim_mix", 1.0)):
+        if getattr(args, k) != default:      # recorded only when not the default (older files stay resumable)
             args.settings[k] = getattr(args, k)
     items, args.commands = _resume(args, out, args.settings)
     done = {(x["qi"], x["gold_pos"]) for x in items}
