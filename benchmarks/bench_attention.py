@@ -394,12 +394,6 @@ CLS_INSTRUCTION = "Does the passage contain the answer to the question? Answer y
 CLS_LABELS = (" yes", " no")
 
 
-def _norm(t: str) -> str:
-    from ragkit.eval.metrics import normalize_answer
-
-    return normalize_answer(t)
-
-
 def cls_items(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:
     """Passage-relevance classification built from the NQ gold passages: for the i-th question, its own
     gold passage (label yes) when i is even, else another question's gold passage (label no). A "yes"
@@ -413,7 +407,7 @@ def cls_items(rows: list[dict], pool: list[dict], seed: int) -> list[dict]:
         else:
             rng = random.Random(f"{seed}-cls-{row['question']}")
             psg = bench_kv.gold(rng.choice([r for r in pool if r is not row]))
-        has = any(_norm(a) and _norm(a) in _norm(psg["text"]) for a in row["answers"])
+        has = em(psg["text"], row["answers"]) > 0          # an answer string in the passage (normalised)
         if has != want_yes:
             continue
         out.append({"question": row["question"], "title": psg["title"], "text": psg["text"],

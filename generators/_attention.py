@@ -325,7 +325,7 @@ def _visible(qpos: Any, T: int, mask: Any, q: int) -> Any:
 
 
 def _rows_eager(query: Any, key: Any, value: Any, allowed: Any, scaling: float) -> tuple[Any, Any]:
-    """(logits, probs) [B, H, q, T] in float32 for the given query rows; grouped KV heads expanded."""
+    """(logits, probs) [B, H, q, T] in float32 for the given query rows; grouped KV heads read in place."""
     torch = require("torch")
     B, H, q, D = query.shape
     Hk, T = key.shape[1], key.shape[2]
@@ -365,33 +365,26 @@ def _make_hook(base_name: str) -> Any:
         pid = kw.get("position_ids")
         qpos = pid.reshape(-1)[-q:] if pid is not None and pid.numel() >= q else torch.arange(T - q, T, device=query.device)
         qpos = qpos.to(query.device)
-        if full:
+        rows = qpos >= ctx.final_start
+        every_row = bool(rows.all())
+        if full or (writers and every_row):
+            # full rewriters need every row; and when every row is rewritten anyway (the final block over
+            # reused passages, a decode step) the kernel's output would be overwritten whole: skip it
             allowed = _visible(qpos, T, attention_mask, q)
             logits, probs = _rows_eager(query, key, value, allowed, scale)
             for w in writers:
-                rows = slice(None) if w.needs == "full" else (qpos >= ctx.final_start)
-                if w.needs == "full":
+                if w.needs == "full" or every_row:
                     probs = w.apply(layer, probs, logits, qpos, ctx)
                 elif bool(rows.any()):
                     sub = w.apply(layer, probs[:, :, rows], logits[:, :, rows], qpos[rows], ctx)
                     probs = probs.clone()
                     probs[:, :, rows] = sub
-            tgt = qpos >= ctx.final_start
-            if bool(tgt.any()):
+            if bool(rows.any()):
                 for r in readers:
-                    r.take(layer, probs[0][:, tgt], qpos[tgt], ctx)
+                    r.take(layer, probs[0] if every_row else probs[0][:, rows], qpos[rows], ctx)
             out = _times_v(probs, value).to(query.dtype)
             return out.transpose(1, 2).contiguous(), None
-        tgt = (qpos >= ctx.final_start).nonzero().view(-1)
-        if writers and tgt.numel() == q:
-            # every row is rewritten (the final block over reused passages, a decode step): the kernel's
-            # output would be overwritten whole, so it is not computed
-            logits, probs = _rows_eager(query, key, value, _visible(qpos, T, None, q), scale)
-            for w in writers:
-                probs = w.apply(layer, probs, logits, qpos, ctx)
-            for r in readers:
-                r.take(layer, probs[0], qpos, ctx)
-            return _times_v(probs, value).to(query.dtype).transpose(1, 2).contiguous(), None
+        tgt = rows.nonzero().view(-1)
         out, w_ = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
         if tgt.numel() == 0:
             return out, w_

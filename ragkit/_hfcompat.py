@@ -39,7 +39,6 @@ def output_cache(out: Any) -> Any:
     return out.past_key_values
 
 
-
 @contextlib.contextmanager
 def peft_quiet() -> Iterator[None]:
     """``with peft_quiet(): peft.get_peft_model(...)`` (or ``PeftModel.from_pretrained``): hides the

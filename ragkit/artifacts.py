@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -93,30 +92,19 @@ def content_hash(items: Any) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows; else set and restored at once)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def temp_file(folder: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
-    """``tempfile.mkstemp`` in ``folder`` for a file that will be renamed onto its final name: it gets the
-    permissions an ordinary ``open(..., "w")`` would (0666 minus the umask), not mkstemp's private 0600,
-    so an index, an adapter or a KV store written by ragkit is readable like any other file the user
-    writes. Returns (fd, path)."""
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    except (AttributeError, OSError):     # pragma: no cover - platforms without fchmod keep mkstemp's mode
-        pass
-    return fd, tmp
+    """A new, exclusively created file in ``folder`` for a write that is renamed onto its final name.
+    Like ``tempfile.mkstemp``, but created with mode 0666 so the umask decides, as for an ordinary
+    ``open(..., "w")`` (mkstemp's files are private, 0600): an index, an adapter or a KV store written
+    by ragkit is readable like any other file the user writes. Returns (fd, path)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
