@@ -36,6 +36,7 @@ import random
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,6 +606,10 @@ def guard(args) -> None:
     for n in (3, 6, 12, 24, 48, 96):
         rules[f"top {n} heads by calibration d'"] = rule_auc(order[:n])
     rules["all heads"] = rule_auc([(li, h) for li in range(cal_b.shape[1]) for h in range(cal_b.shape[2])])
+    rules.update(probe_rules(cal_b, cal_a, m_a, m_b))
+    if args.save_mats:
+        torch.save({"cal_benign": cal_b, "cal_attack": cal_a, "test_benign": m_b, "test_attack_seen": m_as,
+                    "test_attack_unseen": m_an, "test_benign_instr": m_bi}, args.save_mats)
     res = {"machine": machine(), "command": " ".join(sys.argv), "passages": args.passages,
            "construction": ("NQ gold passages (shared lost_in_the_middle data); each prompt = a question's gold passage + "
                             f"{args.passages - 1} other questions' gold passages, shuffled; attack: one passage gets an injected "
@@ -629,6 +634,37 @@ def guard(args) -> None:
     out = Path(args.out or RES / "attention_guard.json")
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: res[k] for k in ("n_important_heads", "threshold", "calibration", "test")}, indent=1))
+
+
+def probe_rules(cal_b, cal_a, m_a, m_b) -> dict:
+    """A second approach to the guard: instead of averaging the focus of the important heads, weight every head's
+    focus score by an L2-regularised logistic regression fitted on the calibration prompts only (features
+    standardised with calibration statistics; the regularisation strength chosen by 5-fold cross-validated AUROC
+    on the calibration set). Returns the held-out AUROC of the fitted probe, and of the probe restricted to the
+    24 heads with the best calibration d'."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+
+    X = torch_flat(cal_b, cal_a)
+    y = np.r_[np.zeros(len(cal_b)), np.ones(len(cal_a))]
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    sep = (cal_b.mean(0) - cal_a.mean(0)) / (cal_b.std(0) + cal_a.std(0) + 1e-9)
+    top = sep.flatten().argsort(descending=True)[:24].numpy()
+    out = {}
+    for name, cols in (("logistic probe on all heads (calibration-fitted)", slice(None)),
+                       ("logistic probe on the top 24 heads by d'", top)):
+        clf = LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=5, scoring="roc_auc", max_iter=5000)
+        with warnings.catch_warnings():       # sklearn 1.8+ announces parameter changes that do not touch this fit
+            warnings.simplefilter("ignore", FutureWarning)
+            clf.fit(((X - mu) / sd)[:, cols], y)
+        score = lambda m: list(-clf.decision_function(((torch_flat(m) - mu) / sd)[:, cols]))   # noqa: E731
+        out[name] = auroc(score(m_a), score(m_b))
+    return out
+
+
+def torch_flat(*mats):
+    import numpy as np
+    return np.concatenate([m.reshape(len(m), -1).float().numpy() for m in mats])
 
 
 def _prop_ci(xs: list[float], reps: int = 1000) -> list[float]:
@@ -792,6 +828,11 @@ def report(args) -> None:
             lines.append(f"{k} | " + " | ".join(f"{v['recall3'][k]:.2f}" for v in bp.values()))
         peaks = {m: statistics.mean(x["methods"][m]["target_max"] for x in d["items"])
                  for m in ms if "target_max" in d["items"][0]["methods"].get(m, {})}
+        rnd = [100 * d["em_in_mean"][m] for m in ms if m.startswith("act random")]
+        if rnd and "act searched" in ms:
+            lines += ["", f"ACT, searched heads vs {len(rnd)} draws of as many random heads (mean EM-in over positions): "
+                      f"searched {100 * d['em_in_mean']['act searched']:.1f}; random mean {statistics.mean(rnd):.1f}"
+                      + (f", sd {statistics.stdev(rnd):.1f}" if len(rnd) > 1 else "") + f"; base {100 * d['em_in_mean']['base']:.1f}."]
         if peaks:
             lines += ["", "Found in the middle's target, softmax(calibrated relevance / t), mean share of its largest "
                       "entry (1/K = uniform): " + "; ".join(f"{m}: {v:.2f}" for m, v in peaks.items()) + "."]
@@ -841,10 +882,11 @@ def report(args) -> None:
                       + (f", sd {100 * c['random_sd']:.1f}" if c.get("random_sd") is not None else "")
                       + f"; AUROC mean {c['random_auroc_mean']:.3f}."]
         lines.append("")
-    gd = load("attention_guard.json")
-    if gd:
+    for f in sorted(RES.glob("attention_guard*.json"), key=lambda f: (len(f.name), f.name)):
+        gd = json.loads(f.read_text())
         t = gd["test"]
-        lines += ["## Attention guard (Attention Tracker)", "", f"`{gd['command']}`", "", gd["construction"], "",
+        lines += [f"## Attention guard (Attention Tracker), {gd['calibration']['n_benign']} + "
+                  f"{gd['calibration']['n_attack']} calibration prompts", "", f"`{gd['command']}`", "", gd["construction"], "",
                   f"Important heads ({gd['head_rule']}): {gd['n_important_heads']}; threshold (best balanced accuracy on "
                   f"the calibration set): {gd['threshold']:.4f}; calibration AUROC {gd['calibration']['auroc']:.3f}.", "",
                   f"Held-out: {t['n_attack']} attacked / {t['n_benign']} clean prompts: **AUROC {t['auroc']:.3f}** "
@@ -934,6 +976,7 @@ def main(argv=None) -> None:
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--passages", type=int, default=5)
     p.add_argument("--k", type=float, default=1.0)
+    p.add_argument("--save-mats", default="", help="also save every prompt's per-head focus scores (torch file)")
     p.add_argument("--out", default="")
     p.set_defaults(fn=guard)
     p = sub.add_parser("kvfix", help="passage-KV reuse with the parallel-encoding fixes")
