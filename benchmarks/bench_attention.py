@@ -556,11 +556,18 @@ def guard(args) -> None:
     cal_rows, test_rows = allq[400:400 + args.cal], allq[700:700 + args.test]
     t0 = time.time()
 
-    def focus_mats(sets):
+    saved = torch.load(args.from_mats) if args.from_mats else {}
+    if saved and (len(saved["cal_benign"]) != args.cal or len(saved["test_benign"]) != args.test):
+        raise SystemExit(f"{args.from_mats} holds {len(saved['cal_benign'])} calibration / {len(saved['test_benign'])} "
+                         f"test questions; run with --cal/--test to match")
+
+    def focus_mats(sets, name):
+        if saved:       # the same prompts' focus scores from an earlier run (--save-mats)
+            return saved[name]
         return torch.stack([_attnrun.head_focus(g, q, h) for q, h in sets])
 
-    cal_b = focus_mats(guard_set(cal_rows, pool, args.passages, "clean", [], 1))
-    cal_a = focus_mats(guard_set(cal_rows, pool, args.passages, "attack", INJECTIONS[:3], 2))
+    cal_b = focus_mats(guard_set(cal_rows, pool, args.passages, "clean", [], 1), "cal_benign")
+    cal_a = focus_mats(guard_set(cal_rows, pool, args.passages, "attack", INJECTIONS[:3], 2), "cal_attack")
     k_used = None
     for k in dict.fromkeys([args.k, 0.5, 0.0]):      # the paper's rule; a smaller k when no head passes
         heads = _attnrun.select_guard_heads(cal_b, cal_a, k)
@@ -581,10 +588,11 @@ def guard(args) -> None:
     # threshold: midpoint maximising balanced accuracy on the calibration set
     cands = sorted(set(cb + ca))
     thr = max(cands, key=lambda t: (sum(x < t for x in ca) / len(ca) + sum(x >= t for x in cb) / len(cb)))
-    m_b = focus_mats(guard_set(test_rows, pool, args.passages, "clean", [], 3))
-    m_as = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[:3], 4))
-    m_an = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[3:], 5))
-    m_bi = focus_mats(guard_set(test_rows, pool, args.passages, "benign_instr", BENIGN_INSTRUCTIONS, 6))
+    m_b = focus_mats(guard_set(test_rows, pool, args.passages, "clean", [], 3), "test_benign")
+    m_as = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[:3], 4), "test_attack_seen")
+    m_an = focus_mats(guard_set(test_rows, pool, args.passages, "attack", INJECTIONS[3:], 5), "test_attack_unseen")
+    m_bi = focus_mats(guard_set(test_rows, pool, args.passages, "benign_instr", BENIGN_INSTRUCTIONS, 6),
+                      "test_benign_instr")
     te_b, te_a_seen, te_a_new, te_bi = fs(m_b), fs(m_as), fs(m_an), fs(m_bi)
     te_a = te_a_seen + te_a_new
     # other head-selection rules, each chosen on the calibration set only, scored on the same test prompts:
@@ -607,7 +615,9 @@ def guard(args) -> None:
         rules[f"top {n} heads by calibration d'"] = rule_auc(order[:n])
     rules["all heads"] = rule_auc([(li, h) for li in range(cal_b.shape[1]) for h in range(cal_b.shape[2])])
     rules.update(probe_rules(cal_b, cal_a, m_a, m_b))
-    if args.save_mats:
+    probe = probe_result(args, cal_b, cal_a, {"clean": m_b, "attack": m_a, "attack_seen": m_as,
+                                                  "attack_unseen": m_an, "benign_instr": m_bi})
+    if args.save_mats and not saved:
         torch.save({"cal_benign": cal_b, "cal_attack": cal_a, "test_benign": m_b, "test_attack_seen": m_as,
                     "test_attack_unseen": m_an, "test_benign_instr": m_bi}, args.save_mats)
     res = {"machine": machine(), "command": " ".join(sys.argv), "passages": args.passages,
@@ -628,12 +638,12 @@ def guard(args) -> None:
                     "fpr_benign_instruction_at_threshold": sum(x < thr for x in te_bi) / len(te_bi),
                     "fpr_benign_instruction_ci95": _prop_ci([float(x < thr) for x in te_bi]),
                     "auroc_attack_vs_benign_instruction": auroc(te_a, te_bi)},
-           "all_heads_auroc_test": rules.get("all heads"), "head_rules_auroc_test": rules,
+           "all_heads_auroc_test": rules.get("all heads"), "head_rules_auroc_test": rules, "probe": probe,
            "seconds": time.time() - t0,
            "scores": {"cal_benign": cb, "cal_attack": ca, "test_benign": te_b, "test_attack": te_a, "test_benign_instr": te_bi}}
     out = Path(args.out or RES / "attention_guard.json")
     out.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: res[k] for k in ("n_important_heads", "threshold", "calibration", "test")}, indent=1))
+    print(json.dumps({k: res[k] for k in ("n_important_heads", "threshold", "calibration", "test", "probe")}, indent=1))
 
 
 def probe_rules(cal_b, cal_a, m_a, m_b) -> dict:
@@ -645,21 +655,73 @@ def probe_rules(cal_b, cal_a, m_a, m_b) -> dict:
     import numpy as np
     from sklearn.linear_model import LogisticRegressionCV
 
-    X = torch_flat(cal_b, cal_a)
-    y = np.r_[np.zeros(len(cal_b)), np.ones(len(cal_a))]
-    mu, sd = X.mean(0), X.std(0) + 1e-6
     sep = (cal_b.mean(0) - cal_a.mean(0)) / (cal_b.std(0) + cal_a.std(0) + 1e-9)
     top = sep.flatten().argsort(descending=True)[:24].numpy()
     out = {}
-    for name, cols in (("logistic probe on all heads (calibration-fitted)", slice(None)),
+    for name, cols in (("logistic probe on all heads (calibration-fitted)", None),
                        ("logistic probe on the top 24 heads by d'", top)):
-        clf = LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=5, scoring="roc_auc", max_iter=5000)
-        with warnings.catch_warnings():       # sklearn 1.8+ announces parameter changes that do not touch this fit
-            warnings.simplefilter("ignore", FutureWarning)
-            clf.fit(((X - mu) / sd)[:, cols], y)
-        score = lambda m: list(-clf.decision_function(((torch_flat(m) - mu) / sd)[:, cols]))   # noqa: E731
-        out[name] = auroc(score(m_a), score(m_b))
+        fit = fit_probe(cal_b, cal_a, cols)
+        out[name] = auroc(fit["p_benign"](m_a), fit["p_benign"](m_b))
     return out
+
+
+def fit_probe(cal_b, cal_a, cols=None) -> dict:
+    """L2 logistic regression for P(benign) on standardised per-head focus scores (calibration prompts only;
+    C by 5-fold cross-validated AUROC). ``cols``: flat head indices to use (None = all)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+
+    X = torch_flat(cal_b, cal_a)
+    y = np.r_[np.ones(len(cal_b)), np.zeros(len(cal_a))]
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    keep = np.arange(X.shape[1]) if cols is None else np.asarray(cols)
+    clf = LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=5, scoring="roc_auc", max_iter=5000)
+    with warnings.catch_warnings():       # sklearn 1.8+ announces parameter changes that do not touch this fit
+        warnings.simplefilter("ignore", FutureWarning)
+        clf.fit(((X - mu) / sd)[:, keep], y)
+    w = np.zeros(X.shape[1])
+    w[keep] = clf.coef_[0]
+    shape = tuple(cal_b.shape[1:])
+
+    def p_benign(m) -> list[float]:
+        z = ((torch_flat(m) - mu) / sd) @ w + clf.intercept_[0]
+        return list(1 / (1 + np.exp(-z)))
+    return {"weights": w.reshape(shape), "mean": mu.reshape(shape), "std": sd.reshape(shape),
+            "intercept": float(clf.intercept_[0]), "C": float(np.atleast_1d(clf.C_)[0]), "p_benign": p_benign}
+
+
+def probe_result(args, cal_b, cal_a, test: dict) -> dict:
+    """Fit the all-heads probe, write it as a guard_probe file (--probe-out), and score the held-out prompts
+    through the runtime's own loader (generators/_attnrun.GuardProbe) at guard_threshold 0.5."""
+    import tempfile
+
+    from ragkit.generators._attnrun import GuardProbe
+
+    fit = fit_probe(cal_b, cal_a)
+    L, H = cal_b.shape[1:]
+    top = fit["weights"].flatten().argsort()[::-1][:12]       # the heads whose focus speaks most for "benign"
+    doc = {"format": GuardProbe.FORMAT, "model": "smollm2-135m-instruct", "layers": L, "heads": H,
+           "fitted_on": f"{len(cal_b)} clean + {len(cal_a)} attacked calibration prompts of `{' '.join(sys.argv)}` "
+                        f"({args.passages} passages; see benchmarks/results/attention_guard*.json)",
+           "C": fit["C"], "intercept": fit["intercept"],
+           "drop_heads": [f"{int(i) // H}:{int(i) % H}" for i in top],
+           "weights": fit["weights"].round(6).tolist(), "mean": fit["mean"].round(6).tolist(),
+           "std": fit["std"].round(6).tolist()}
+    out = Path(args.probe_out) if args.probe_out else Path(tempfile.mkdtemp()) / "probe.json"
+    out.write_text(json.dumps(doc) + "\n")
+    probe = GuardProbe.load(out, L, H, "probe")
+    sc = {k: [probe.p_benign(x) for x in m] for k, m in test.items()}
+    thr = 0.5
+    return {"file": str(args.probe_out) or None, "C": fit["C"],
+            "calibration_auroc": auroc([probe.p_benign(x) for x in cal_a], [probe.p_benign(x) for x in cal_b]),
+            "auroc": auroc(sc["attack"], sc["clean"]), "auroc_ci95": boot_ci(sc["attack"], sc["clean"]),
+            "auroc_seen_templates": auroc(sc["attack_seen"], sc["clean"]),
+            "auroc_unseen_templates": auroc(sc["attack_unseen"], sc["clean"]),
+            "auroc_attack_vs_benign_instruction": auroc(sc["attack"], sc["benign_instr"]),
+            "threshold": thr, "tpr_at_threshold": sum(x < thr for x in sc["attack"]) / len(sc["attack"]),
+            "fpr_clean_at_threshold": sum(x < thr for x in sc["clean"]) / len(sc["clean"]),
+            "fpr_benign_instruction_at_threshold": sum(x < thr for x in sc["benign_instr"]) / len(sc["benign_instr"]),
+            "fpr_benign_instruction_ci95": _prop_ci([float(x < thr) for x in sc["benign_instr"]])}
 
 
 def torch_flat(*mats):
@@ -977,6 +1039,8 @@ def main(argv=None) -> None:
     p.add_argument("--passages", type=int, default=5)
     p.add_argument("--k", type=float, default=1.0)
     p.add_argument("--save-mats", default="", help="also save every prompt's per-head focus scores (torch file)")
+    p.add_argument("--from-mats", default="", help="read the focus scores saved by --save-mats instead of running the model")
+    p.add_argument("--probe-out", default="", help="write the fitted all-heads probe here (a guard_probe file)")
     p.add_argument("--out", default="")
     p.set_defaults(fn=guard)
     p = sub.add_parser("kvfix", help="passage-KV reuse with the parallel-encoding fixes")

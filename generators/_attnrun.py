@@ -61,9 +61,12 @@ def validate(g: Any) -> None:
                           "or eager.")
     if g.fim_temperature <= 0 or g.kv_temperature <= 0 or g.kv_scale <= 0:
         raise ConfigError(f"'{g.key}': fim_temperature, kv_temperature and kv_scale must be > 0.")
-    if g.guard != "off" and not g.guard_heads:
+    if g.guard != "off" and not (g.guard_heads or g.guard_probe):
         raise ConfigError(f"'{g.key}': guard: {g.guard} needs guard_heads (the important heads, 'layer:head' or "
-                          "'*' for all); select them with `python benchmarks/bench_attention.py guard-heads`.")
+                          "'*' for all) or guard_probe (a probe file); select them with "
+                          "`python benchmarks/bench_attention.py guard`.")
+    if g.guard_probe and g.guard_heads:
+        raise ConfigError(f"'{g.key}': guard_probe and guard_heads are two rules for the same score; give one.")
 
 
 def setup(g: Any) -> None:
@@ -75,6 +78,11 @@ def setup(g: Any) -> None:
     L, H = cfg.num_hidden_layers, cfg.num_attention_heads
     g._act_heads = parse_heads(g.act_heads, L, H, f"'{g.key}': act_heads") if g.act_heads else {}
     g._guard_heads = parse_heads(g.guard_heads, L, H, f"'{g.key}': guard_heads") if g.guard_heads else {}
+    g._guard_probe = None
+    if g.guard_probe and g.guard != "off":
+        from ragkit.artifacts import resolve_path
+        g._guard_probe = GuardProbe.load(resolve_path(g.guard_probe, g._base_dir), L, H, f"'{g.key}': guard_probe")
+        g._guard_heads = g._guard_probe.drop_heads
     g._fim_layers = parse_layers(g.fim_layers, L, f"'{g.key}': fim_layers")
     g._kv_layers = None if g.kv_fix_layers in ("", "all") else parse_layers(g.kv_fix_layers, L, f"'{g.key}': kv_fix_layers")
 
@@ -251,8 +259,9 @@ def run_one(g: Any, r: Any) -> Any:
     gh = g._guard_heads or {}
     n_prefills = 0
 
-    def guard_reader() -> list[Reader]:
-        return [Reader("last", layers=gh.keys())] if g.guard != "off" else []
+    def guard_reader() -> list[Reader]:        # a probe reads every layer's heads, the mean rule only its heads
+        layers = None if g._guard_probe is not None else gh.keys()
+        return [Reader("last", layers=layers)] if g.guard != "off" else []
 
     with g._model_lock, torch.no_grad():
         t0 = time.perf_counter()
@@ -325,20 +334,85 @@ def run_one(g: Any, r: Any) -> Any:
 
 def focus_score(g: Any, reader: Reader, pf: Prefill, question: str, heads: dict[int, list[int]]) -> float:
     """Attention Tracker's focus score: the last position's attention to the instruction tokens,
-    summed over those tokens, averaged over the important heads."""
+    summed over those tokens, averaged over the important heads; with a guard probe, the probe's
+    P(benign) of every head's focus score instead."""
+    if getattr(g, "_guard_probe", None) is not None:
+        return g._guard_probe.p_benign(focus_matrix(reader, instruction_positions(g, pf.seg, question)))
     pos = instruction_positions(g, pf.seg, question)
     vec = reader.mean_over(heads)
     return float(vec[pos].sum()) if pos else 0.0
 
 
-def head_focus(g: Any, question: str, hits: Sequence[Any]) -> Any:
-    """[layers, heads] attention of the last prompt position to the instruction tokens (for head selection)."""
+def focus_matrix(reader: Reader, pos: Sequence[int]) -> Any:
+    """[layers recorded, heads]: each head's attention from the last prompt position to ``pos``."""
     import torch
 
+    idx = torch.tensor(list(pos), dtype=torch.long)
+    return torch.stack([reader.record[li][:, idx].sum(-1) for li in sorted(reader.record)])
+
+
+def head_focus(g: Any, question: str, hits: Sequence[Any]) -> Any:
+    """[layers, heads] attention of the last prompt position to the instruction tokens (for head selection)."""
     rd = Reader("last")
     pf = prefill(g, question, _pairs(hits), [rd], base_rewriters(g))
-    pos = torch.tensor(instruction_positions(g, pf.seg, question))
-    return torch.stack([rd.record[li][:, pos].sum(-1) for li in sorted(rd.record)])
+    return focus_matrix(rd, instruction_positions(g, pf.seg, question))
+
+
+@dataclass
+class GuardProbe:
+    """A logistic probe over every head's focus score (a learned alternative to averaging the important
+    heads): P(benign) = sigmoid(sum(weights * (focus - mean) / std) + intercept). Fitted by
+    ``benchmarks/bench_attention.py guard --probe-out FILE`` on calibration prompts; ``drop_heads``
+    are the heads with the largest positive weights (drop mode removes the passage they attend to most)."""
+
+    weights: Any
+    mean: Any
+    std: Any
+    intercept: float
+    drop_heads: dict[int, list[int]]
+
+    FORMAT = "ragkit-guard-probe/1"
+
+    @classmethod
+    def load(cls, path: Any, layers: int, heads: int, where: str) -> "GuardProbe":
+        import json
+
+        import torch
+
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no probe file at {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{where}: {path} is not a readable JSON probe file ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT:
+            raise ConfigError(f"{where}: {path}: field 'format' must be {cls.FORMAT!r} "
+                              f"(got {d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
+        mats = {}
+        for k in ("weights", "mean", "std"):
+            try:
+                m = torch.tensor(d[k], dtype=torch.float32)
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{where}: {path}: field {k!r} must be a [layers][heads] list of numbers") from None
+            if tuple(m.shape) != (layers, heads):
+                raise ConfigError(f"{where}: {path}: field {k!r} has shape {list(m.shape)}; this model has "
+                                  f"{layers} layers x {heads} heads (was the probe fitted on another model? "
+                                  f"its 'model' field: {d.get('model', '?')!r})")
+            mats[k] = m
+        if not bool((mats["std"] > 0).all()):
+            raise ConfigError(f"{where}: {path}: field 'std' must be > 0 everywhere")
+        try:
+            intercept = float(d["intercept"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: {path}: field 'intercept' must be a number") from None
+        drop = parse_heads([str(h) for h in d.get("drop_heads") or ["*"]], layers, heads, f"{where}: {path}: drop_heads")
+        return cls(mats["weights"], mats["mean"], mats["std"], intercept, drop)
+
+    def p_benign(self, focus: Any) -> float:
+        import torch
+
+        z = ((focus.float().cpu() - self.mean) / self.std * self.weights).sum() + self.intercept
+        return float(torch.sigmoid(z))
 
 
 def select_guard_heads(benign: Any, attack: Any, k: float = 1.0) -> list[str]:
@@ -349,4 +423,5 @@ def select_guard_heads(benign: Any, attack: Any, k: float = 1.0) -> list[str]:
 
 
 __all__ = ["wants_attention", "validate", "setup", "run_one", "attention_relevance", "prefill", "Reader",
-           "instruction_positions", "focus_score", "head_focus", "select_guard_heads", "tokenize"]
+           "instruction_positions", "focus_score", "focus_matrix", "head_focus", "select_guard_heads", "GuardProbe",
+           "tokenize"]

@@ -92,7 +92,10 @@ class HFGenerator(Generator):
     attention_sort_rounds: int = param(0, ge=0, help="attention sorting: at most this many rounds (0 = off)")
     guard: Literal["off", "flag", "drop"] = param("off", help="attention guard against prompt injection")
     guard_heads: list[str] = param([], help="attention guard: important heads ('layer:head', '*')")
-    guard_threshold: float = param(0.5, ge=0, help="attention guard: flag when the focus score is below this")
+    guard_threshold: float = param(0.5, ge=0, help="attention guard: flag when the focus score (or the probe's "
+                                                   "P(benign)) is below this")
+    guard_probe: str = param("", help="attention guard: a head-focus probe file (bench_attention.py guard "
+                                      "--probe-out) used instead of the mean over guard_heads")
     guard_max_drops: int = param(1, ge=0, help="attention guard, drop mode: drop at most this many passages")
     kv_temperature: float = param(1.0, gt=0, help="kv_reuse: APE temperature on the parallel blocks' logits")
     kv_scale: float = param(1.0, gt=0, help="kv_reuse: APE scale on the parallel blocks' attention weights")
@@ -107,6 +110,7 @@ class HFGenerator(Generator):
     _template = None
     _act_heads = None   # parsed attention-method heads (generators/_attnrun.setup); None = no method
     _guard_heads = None
+    _guard_probe = None  # generators/_attnrun.GuardProbe when guard_probe is set
     _fim_layers = None
     _kv_layers = None
 

@@ -150,6 +150,65 @@ def test_family_and_config_refusals(tmp_path, tiny):
         parse_layers("40-50", 30)
 
 
+def _probe_file(path: Path, L: int, H: int, **over) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    d = {"format": _attnrun.GuardProbe.FORMAT, "model": "tiny", "intercept": 0.3, "drop_heads": ["1:0"],
+         "weights": torch.randn(L, H, generator=gen).tolist(), "mean": (torch.rand(L, H, generator=gen) * 0.2).tolist(),
+         "std": (0.05 + torch.rand(L, H, generator=gen) * 0.1).tolist()}
+    d.update(over)
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_guard_probe_scores_every_heads_focus(tiny, tmp_path):
+    cfg = json.loads((tiny / "config.json").read_text())
+    L, H = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    f = _probe_file(tmp_path / "probe.json", L, H)
+    r = ranking()
+    g = HFGenerator(model=str(tiny), device="cpu", max_new_tokens=3, guard="flag", guard_probe=str(f),
+                    guard_threshold=0.5)
+    a = g([r])[0]
+    # the score is the probe's P(benign) of the [layers, heads] focus matrix the head selection reads
+    d = json.loads(f.read_text())
+    focus = _attnrun.head_focus(g, r.query.text, r.hits)
+    z = (((focus - torch.tensor(d["mean"])) / torch.tensor(d["std"])) * torch.tensor(d["weights"])).sum() + d["intercept"]
+    assert a.meta["guard"]["focus"] == pytest.approx(float(torch.sigmoid(z)), abs=1e-5)
+    assert a.meta["guard"]["flagged"] == (a.meta["guard"]["focus"] < 0.5)
+    # drop mode removes the passage the probe's drop_heads attend to most
+    dropped = HFGenerator(model=str(tiny), device="cpu", max_new_tokens=3, guard="drop", guard_probe=str(f),
+                          guard_threshold=1.0)([r])[0]
+    assert dropped.meta["guard"]["flagged"] and len(dropped.meta["guard"]["dropped"]) == 1
+    # relative to the pipeline file, round-trips through YAML
+    from ragkit.retrievers.bm25 import BM25Retriever
+    p = Pipeline([BM25Retriever(index="idx", k=5, text=True), HFGenerator(model=str(tiny), guard="flag",
+                                                                          guard_probe="probe.json")])
+    (tmp_path / "p.yaml").write_text(p.to_yaml())
+    q = Pipeline.from_yaml(tmp_path / "p.yaml")
+    assert q == p
+    g2 = q.stages[-1].bind_context(base_dir=q.base_dir).setup()     # as the pipeline binds it before a run
+    assert g2._guard_probe is not None and g2._guard_heads == {1: [0]}
+
+
+def test_guard_probe_bad_files_are_named(tiny, tmp_path):
+    cfg = json.loads((tiny / "config.json").read_text())
+    L, H = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+
+    def err(f):
+        with pytest.raises(ConfigError) as e:
+            HFGenerator(model=str(tiny), device="cpu", guard="flag", guard_probe=str(f)).setup()
+        return str(e.value)
+    assert "no probe file" in err(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "bad.json" in err(tmp_path / "bad.json") and "JSON" in err(tmp_path / "bad.json")
+    assert "'format'" in err(_probe_file(tmp_path / "fmt.json", L, H, format="other"))
+    m = err(_probe_file(tmp_path / "shape.json", L, H, weights=[[0.0] * H] * (L + 1)))
+    assert "'weights'" in m and f"{L} layers x {H} heads" in m and "shape.json" in m
+    assert "'std'" in err(_probe_file(tmp_path / "std.json", L, H, std=[[0.0] * H] * L))
+    assert "'intercept'" in err(_probe_file(tmp_path / "icpt.json", L, H, intercept="x"))
+    with pytest.raises(ConfigError, match="give one"):
+        HFGenerator(guard="flag", guard_heads=["*"], guard_probe="p.json")
+
+
 def test_yaml_round_trip_and_stages_listing(tiny, capsys):
     from ragkit.cli import main
     from ragkit.retrievers.bm25 import BM25Retriever

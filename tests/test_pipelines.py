@@ -55,6 +55,7 @@ def _load(f: Path, tmp_path: Path, real_models: bool) -> Pipeline:
         else:   # the fake lexical reranker in its place
             text = text.replace(f"reranker.cross_encoder: {{model: {CE_MODEL}, top_n: 20}}", "reranker.overlap: {}")
             assert "reranker.cross_encoder" not in text
+    text = text.replace("guard_probe: ../models/", f"guard_probe: {REPO}/models/")
     if not real_models:
         text = text.replace("model: minilm", "model: hash")
     if real_models or "indexer.graph" in text:

