@@ -336,9 +336,9 @@ def focus_score(g: Any, reader: Reader, pf: Prefill, question: str, heads: dict[
     """Attention Tracker's focus score: the last position's attention to the instruction tokens,
     summed over those tokens, averaged over the important heads; with a guard probe, the probe's
     P(benign) of every head's focus score instead."""
-    if getattr(g, "_guard_probe", None) is not None:
-        return g._guard_probe.p_benign(focus_matrix(reader, instruction_positions(g, pf.seg, question)))
     pos = instruction_positions(g, pf.seg, question)
+    if g._guard_probe is not None:
+        return g._guard_probe.p_benign(focus_matrix(reader, pos))
     vec = reader.mean_over(heads)
     return float(vec[pos].sum()) if pos else 0.0
 
