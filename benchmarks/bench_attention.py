@@ -847,6 +847,10 @@ def overhead(args) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------------
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
 def report(args) -> None:
     lines = ["# Attention-level methods: measurements", "",
              "Written by `python benchmarks/bench_attention.py report` from the JSON files next to it; each section",
@@ -864,6 +868,8 @@ def report(args) -> None:
         K = d["passages"]
         st_ = d["settings"]
         split = " (calibration split)" if st_.get("calibration") else ""
+        if any(m.startswith("act ") for m in ms):
+            split += ", ACT searched vs random heads"
         fl = (f", found-in-the-middle layers {st_['fim_layers']}" if st_.get("fim_layers") else "") + \
              (f", mix {st_['fim_mix']}" if st_.get("fim_mix") else "")
         lines += [f"## NQ multi-document QA{split}, gold at positions {' / '.join(bp)} of {K}{fl}", "",
@@ -877,7 +883,7 @@ def report(args) -> None:
             st = d["sign_test_all_vs_base"].get(m)
             lines.append(f"{m} | " + " | ".join(f"{100 * v['em_in'][m]:.1f}" for v in bp.values())
                          + f" | {100 * d['em_in_mean'][m]:.1f} | {100 * d['best_worst_gap'][m]:.1f} | "
-                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+                         + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
         keys = list(next(iter(bp.values()))["gold_rank_mean"])
         lines += ["", f"Gold passage attention rank (mean, 1 = most attended of {K}) | " + " | ".join(f"pos {p}" for p in bp),
                   "--- | " + " | ".join("---" for _ in bp)]
@@ -938,7 +944,7 @@ def report(args) -> None:
         for k, v in c["accuracy"].items():
             st = c["sign_test_vs_none"].get(k)
             lines.append(f"{k} | {100 * v:.1f} | {c['auroc'][k]:.3f} | "
-                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+                         + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
         if c.get("random_mean") is not None:
             lines += ["", f"Random heads (as many as searched, one draw per seed): accuracy mean {100 * c['random_mean']:.1f}"
                       + (f", sd {100 * c['random_sd']:.1f}" if c.get("random_sd") is not None else "")
@@ -948,7 +954,8 @@ def report(args) -> None:
         gd = json.loads(f.read_text())
         t = gd["test"]
         lines += [f"## Attention guard (Attention Tracker), {gd['calibration']['n_benign']} + "
-                  f"{gd['calibration']['n_attack']} calibration prompts", "", f"`{gd['command']}`", "", gd["construction"], "",
+                  f"{gd['calibration']['n_attack']} calibration prompts", "",
+                  " then ".join(f"`{c}`" for c in gd.get("commands", [gd["command"]])), "", gd["construction"], "",
                   f"Important heads ({gd['head_rule']}): {gd['n_important_heads']}; threshold (best balanced accuracy on "
                   f"the calibration set): {gd['threshold']:.4f}; calibration AUROC {gd['calibration']['auroc']:.3f}.", "",
                   f"Held-out: {t['n_attack']} attacked / {t['n_benign']} clean prompts: **AUROC {t['auroc']:.3f}** "
@@ -961,6 +968,17 @@ def report(args) -> None:
         if gd.get("head_rules_auroc_test"):
             lines += ["Other head-selection rules (each chosen on the calibration set), test AUROC: "
                       + "; ".join(f"{k} {v:.3f}" for k, v in gd["head_rules_auroc_test"].items()) + ".", ""]
+        pr = gd.get("probe")
+        if pr:
+            lines += [f"Guard probe (`guard_probe`; logistic regression over every head's focus score, C = {pr['C']:g} "
+                      f"by cross-validation on the calibration prompts{', written to ' + pr['file'] if pr['file'] else ''}), "
+                      f"held-out: **AUROC {pr['auroc']:.3f}** (95% CI {pr['auroc_ci95'][0]:.3f}-{pr['auroc_ci95'][1]:.3f}); "
+                      f"seen templates {pr['auroc_seen_templates']:.3f}, unseen {pr['auroc_unseen_templates']:.3f}; at "
+                      f"P(benign) < {pr['threshold']}: TPR {pr['tpr_at_threshold']:.2f}, FPR clean "
+                      f"{pr['fpr_clean_at_threshold']:.2f}, FPR benign instruction-like text "
+                      f"{pr['fpr_benign_instruction_at_threshold']:.2f} (95% CI {pr['fpr_benign_instruction_ci95'][0]:.2f}-"
+                      f"{pr['fpr_benign_instruction_ci95'][1]:.2f}); AUROC attack vs benign-instruction "
+                      f"{pr['auroc_attack_vs_benign_instruction']:.3f}.", ""]
     for f in sorted(RES.glob("attention_kvfix*.json"), key=lambda f: ("_cal" not in f.name, len(f.name), f.name)):
         k = json.loads(f.read_text())
         title = "calibration split (choosing T, S)" if k["split"] == "calibration" else "test split"
@@ -972,7 +990,7 @@ def report(args) -> None:
         for m, v in k["summary"].items():
             st = v.get("sign_test_vs_plain")
             lines.append(f"{m} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | {v['median_prefill_s']:.3f} | "
-                         + (f"{st['better']}/{st['worse']} (p={st['p']:.2f})" if st else "--"))
+                         + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
         lines.append("")
     o = load("attention_overhead.json")
     if o:
