@@ -192,14 +192,22 @@ def positions(args) -> None:
     for k, default in (("fim_layers", "auto"), ("calibration", False), ("fim_mix", 1.0)):
         if getattr(args, k) != default:      # recorded only when not the default (older files stay resumable)
             args.settings[k] = getattr(args, k)
+    if args.merge:
+        return merge_shards(args, out, K, pos_list)
+    shard_i, shard_n = _shard(args.shard)
+    final = out
+    if shard_n > 1:     # this process does every shard_n-th question, in its own file; --merge joins them
+        out = out.with_name(f"{out.stem}.shard{shard_i}of{shard_n}.part")
     items, args.commands = _resume(args, out, args.settings)
     done = {(x["qi"], x["gold_pos"]) for x in items}
+    if shard_n > 1 and args.resume and final.exists():      # questions the joined file already has
+        done |= {(x["qi"], x["gold_pos"]) for x in _resume(args, final, args.settings)[0]}
     t_start = time.time()
     for qi, row in enumerate(test):
         if args.budget_s and time.time() - t_start > args.budget_s:
             print(f"time budget reached after {qi} questions", flush=True)
             break
-        if all((qi, p) in done for p in pos_list):
+        if all((qi, p) in done for p in pos_list) or qi % shard_n != shard_i:
             continue
         ctx = contexts(row, pool, K, args.seed)
         q = row["question"]
@@ -282,6 +290,37 @@ def positions(args) -> None:
             items.append(it)
             print(qi, p, {m: v["em_in"] for m, v in it["methods"].items()}, it["gold_rank"], flush=True)
         write_positions(args, items, out, K, pos_list)
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2 in two processes") from None
+    return i, n
+
+
+def merge_shards(args, out: Path, K: int, pos_list: list) -> None:
+    """Join the items of ``out`` and of its ``.shard*.part`` files (same settings) into ``out``; the joined
+    part files are removed (this script wrote them)."""
+    parts = sorted(out.parent.glob(f"{out.stem}.shard*.part"))
+    args.resume = True
+    items, commands = _resume(args, out, args.settings) if out.exists() else ([], [])
+    seen = {(x["qi"], x["gold_pos"]) for x in items}
+    for f in parts:
+        its, cmds = _resume(args, f, args.settings)
+        items += [x for x in its if (x["qi"], x["gold_pos"]) not in seen]
+        seen |= {(x["qi"], x["gold_pos"]) for x in its}
+        commands += [c for c in cmds if c not in commands]
+    items.sort(key=lambda x: (x["qi"], x["gold_pos"]))
+    args.commands = commands
+    write_positions(args, items, out, K, pos_list)
+    for f in parts:
+        f.unlink()
+    print(f"merged {len(parts)} part file(s) into {out}: {len(items)} items", flush=True)
 
 
 def write_positions(args, items, out, K, pos_list) -> None:
@@ -1039,6 +1078,9 @@ def main(argv=None) -> None:
     p.add_argument("--act-random-sets", type=int, default=3, help="how many of the file's random head sets to run")
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--shard", default="", help="I/N: do every N-th question from the I-th, in its own part file "
+                                               "(run N processes, then --merge)")
+    p.add_argument("--merge", action="store_true", help="join the part files of --shard runs into --out")
     p.add_argument("--resume", action="store_true", help="keep the items of the same-settings run in --out; do the rest")
     p.set_defaults(fn=positions)
     p = sub.add_parser("act-search", help="ACT head search on the calibration split")
