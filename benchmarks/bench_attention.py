@@ -153,13 +153,15 @@ def _settings(args, keys) -> dict:
     return st
 
 
-def _resume(args, out: Path, settings: dict) -> tuple[list, list]:
-    """(items, commands) of an earlier run of the same settings in ``out`` when ``--resume``; else empty."""
+def _resume(args, out: Path, settings: dict, check=None) -> tuple[list, list]:
+    """(items, commands) of an earlier run of the same settings in ``out`` when ``--resume``; else empty.
+    ``check(old, new)`` may accept other settings (e.g. a run that adds modes)."""
     if not (args.resume and out.exists()):
         return [], []
     d = json.loads(out.read_text())
-    if d.get("settings") != settings:
-        raise SystemExit(f"--resume: {out} was written with other settings:\n  {d.get('settings')}\n"
+    old = d.get("settings")
+    if not (old == settings or (check is not None and old is not None and check(old, settings))):
+        raise SystemExit(f"--resume: {out} was written with other settings:\n  {old}\n"
                          f"this run:\n  {settings}\n(use --out for a new file)")
     print(f"resuming {out}: {len(d['items'])} items done", flush=True)
     return d["items"], d.get("commands", [d["command"]])
@@ -180,7 +182,8 @@ def positions(args) -> None:
         if getattr(args, k) != default:      # recorded only when not the default (older files stay resumable)
             args.settings[k] = getattr(args, k)
     if args.merge:
-        return merge_shards(args, out, K, pos_list)
+        return merge_shards(args, out, args.settings, ("qi", "gold_pos"),
+                            lambda items: write_positions(args, items, out, K, pos_list))
     g = make_gen(fim=True, fim_layers=args.fim_layers, max_new=args.max_new_tokens)
     cfg = g._model.config
     layers = g._fim_layers
@@ -303,21 +306,28 @@ def _shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
-def merge_shards(args, out: Path, K: int, pos_list: list) -> None:
-    """Join the items of ``out`` and of its ``.shard*.part`` files (same settings) into ``out``; the joined
-    part files are removed (this script wrote them)."""
+def merge_shards(args, out: Path, settings: dict, key: tuple, write, check=None) -> None:
+    """Join the items of ``out`` and of its ``.shard*.part`` files (same settings) into ``out`` with
+    ``write(items)``; an item (identified by the fields ``key``) in a part file replaces the same item in
+    ``out`` unless it has fewer modes (a resumed shard may have completed it). The joined part files
+    are removed (this script wrote them)."""
+    def size(x):
+        return len(x.get("modes", x.get("methods", {})))
+
     parts = sorted(out.parent.glob(f"{out.stem}.shard*.part"))
     args.resume = True
-    items, commands = _resume(args, out, args.settings) if out.exists() else ([], [])
-    seen = {(x["qi"], x["gold_pos"]) for x in items}
+    items, commands = _resume(args, out, settings, check) if out.exists() else ([], [])
+    by_key = {tuple(x[k] for k in key): x for x in items}
     for f in parts:
-        its, cmds = _resume(args, f, args.settings)
-        items += [x for x in its if (x["qi"], x["gold_pos"]) not in seen]
-        seen |= {(x["qi"], x["gold_pos"]) for x in its}
+        its, cmds = _resume(args, f, settings, check)
+        for x in its:
+            k = tuple(x[f] for f in key)
+            if k not in by_key or size(x) >= size(by_key[k]):
+                by_key[k] = x
         commands += [c for c in cmds if c not in commands]
-    items.sort(key=lambda x: (x["qi"], x["gold_pos"]))
+    items = [by_key[k] for k in sorted(by_key)]
     args.commands = commands
-    write_positions(args, items, out, K, pos_list)
+    write(items)
     for f in parts:
         f.unlink()
     print(f"merged {len(parts)} part file(s) into {out}: {len(items)} items", flush=True)
@@ -777,8 +787,43 @@ def kvfix(args) -> None:
     import tempfile
 
     from ragkit.generators import _attnrun
-    from ragkit.generators._attention import ParallelFix, Reader, entropy_of
+    from ragkit.generators._attention import ParallelFix, Reader, entropy_of, parse_layers
 
+    modes: dict[str, tuple[str, object]] = {"plain": ("plain", None)} if args.no_full else {
+        "full": ("full", None), "plain": ("plain", None)}
+    n_layers = 30       # SmolLM2-135M; checked against the model below
+    for spec in args.fix_layers:
+        lay = None if spec == "all" else tuple(parse_layers(spec, n_layers, f"--fix-layers {spec!r}"))
+        tag = "" if spec == "all" else f" L={spec}"
+        for T in args.temps:
+            for S in args.scales:
+                if (T, S) != (1.0, 1.0):
+                    modes[f"plain T={T:g} S={S:g}{tag}"] = ("plain", (T, S, 0, lay))
+    for kb in args.top_blocks:
+        modes[f"plain top{kb}"] = ("plain", (1.0, 1.0, kb, None))
+    if args.blend:
+        modes["blend"] = ("blend", None)
+        for T, S in zip(args.blend_temps, args.blend_scales):
+            modes[f"blend T={T:g} S={S:g}"] = ("blend", (T, S, 0, None))
+    K = args.passages
+    out = Path(args.out or RES / f"attention_kvfix{'_cal' if args.calibration else ''}{'' if K == 10 else f'_{K}'}.json")
+    settings = _settings(args, ("passages", "seed", "max_new_tokens", "calibration")) | {"modes": list(modes)}
+    if args.merge:
+        return merge_shards(args, out, settings, ("qi",), lambda items: write_kvfix(args, items, out, settings, modes),
+                            check=_kvfix_settings_ok)
+    shard_i, shard_n = _shard(args.shard)
+    final = out
+    if shard_n > 1:     # this process does every shard_n-th question, in its own file; --merge joins them
+        out = out.with_name(f"{out.stem}.shard{shard_i}of{shard_n}.part")
+    items, args.commands = _resume(args, out, settings, check=_kvfix_settings_ok)
+    if shard_n > 1 and args.resume and final.exists():      # questions the joined file already has
+        have = {x["qi"] for x in items}
+        items += [x for x in _resume(args, final, settings, check=_kvfix_settings_ok)[0]
+                  if x["qi"] % shard_n == shard_i and x["qi"] not in have]
+    by_qi = {x["qi"]: x for x in items}
+    rows = (cal_split(args.questions) if args.calibration else test_split(args.questions))
+    todo = [qi for qi in range(len(rows)) if qi % shard_n == shard_i
+            and (qi not in by_qi or any(m not in by_qi[qi]["modes"] for m in modes))]
     store = tempfile.mkdtemp(prefix="bench-attn-kv-")
     gens = {"full": make_gen(fim=True, max_new=args.max_new_tokens),
             "plain": make_gen(kv_reuse="plain", kv_store=store, kv_write=False, fim=True, max_new=args.max_new_tokens)}
@@ -786,66 +831,77 @@ def kvfix(args) -> None:
         gens["blend"] = make_gen(kv_reuse="blend", recompute_ratio=0.15, kv_store=store, kv_write=False, fim=True,
                                  max_new=args.max_new_tokens)
     base_model = gens["full"]._model
+    if base_model.config.num_hidden_layers != n_layers:
+        raise SystemExit(f"--fix-layers was parsed for {n_layers} layers; the model has "
+                         f"{base_model.config.num_hidden_layers}")
     for name, gg in gens.items():   # one model in memory
         if name != "full":
             gg._model = base_model
             eng = gg._engine
             eng.model, eng.base = base_model, base_model.get_decoder()
-    from ragkit.kv.reuse import use_gqa_sdpa
     from ragkit.generators._attention import install_hook
+    from ragkit.kv.reuse import use_gqa_sdpa
     base_model.set_attn_implementation("sdpa")
     use_gqa_sdpa(base_model)
     install_hook(base_model)
-    modes: dict[str, tuple[str, object]] = {"plain": ("plain", None)} if args.no_full else {
-        "full": ("full", None), "plain": ("plain", None)}
-    for T in args.temps:
-        for S in args.scales:
-            if (T, S) != (1.0, 1.0):
-                modes[f"plain T={T:g} S={S:g}"] = ("plain", (T, S, 0))
-    for kb in args.top_blocks:
-        modes[f"plain top{kb}"] = ("plain", (1.0, 1.0, kb))
-    if args.blend:
-        modes["blend"] = ("blend", None)
-        for T, S in zip(args.blend_temps, args.blend_scales):
-            modes[f"blend T={T:g} S={S:g}"] = ("blend", (T, S, 0))
-    rows = (cal_split(args.questions) if args.calibration else test_split(args.questions))
-    K = args.passages
+    print(f"{len(todo)} question(s) to do ({len(by_qi)} in the file)", flush=True)
     pos_list = [0, K // 2, K - 1]
-    out = Path(args.out or RES / f"attention_kvfix{'_cal' if args.calibration else ''}{'' if K == 10 else f'_{K}'}.json")
-    settings = _settings(args, ("passages", "seed", "max_new_tokens", "calibration")) | {"modes": list(modes)}
-    items, commands = _resume(args, out, settings)
-    done = {x["qi"] for x in items}
     t0 = time.time()
-    for qi, row in enumerate(rows):
+    for qi in todo:
         if args.budget_s and time.time() - t0 > args.budget_s:
             print(f"time budget reached after {qi} questions", flush=True)
             break
-        if qi in done:
-            continue
+        row = rows[qi]
         p = pos_list[qi % 3]
         ctx = contexts(row, questions()[1000:1300] if args.calibration else test_pool(), K, args.seed)
         c = ctx[:p] + [bench_kv.gold(row)] + ctx[p:]
         pairs = _attnrun._pairs(hits_for(row["question"], c))
-        it = {"qi": qi, "gold_pos": p, "answers": row["answers"], "modes": {}}
+        it = by_qi.get(qi) or {"qi": qi, "gold_pos": p, "answers": row["answers"], "modes": {}}
         for m, (gname, fix) in modes.items():
+            if m in it["modes"]:
+                continue
             gg = gens[gname]
             rd = Reader("last", entropy=True)
             rw = [ParallelFix(*fix)] if fix else []
             pf, tp = timed_prefill(gg, row["question"], pairs, [rd], rw)
             text, _ = answer(gg, pf)
             it["modes"][m] = {"text": text, "em_in": em(text, row["answers"]), "entropy": entropy_of(rd), "prefill_s": tp}
-        items.append(it)
+        if qi not in by_qi:
+            items.append(it)
+            by_qi[qi] = it
         print(qi, p, {m: (v["em_in"], round(v["entropy"], 3)) for m, v in it["modes"].items()}, flush=True)
-        summ = {m: {"em_in": statistics.mean(x["modes"][m]["em_in"] for x in items),
-                    "entropy": statistics.mean(x["modes"][m]["entropy"] for x in items),
-                    "median_prefill_s": statistics.median(x["modes"][m]["prefill_s"] for x in items),
-                    **({"sign_test_vs_plain": sign_test([x["modes"]["plain"]["em_in"] for x in items],
-                                                        [x["modes"][m]["em_in"] for x in items])} if m != "plain" else {})}
-                for m in modes}
-        res = {"machine": machine(), "command": " ".join(sys.argv), "commands": commands + [" ".join(sys.argv)],
-               "settings": settings, "questions": len(items), "passages": K,
-               "split": "calibration" if args.calibration else "test", "summary": summ, "items": items}
-        out.write_text(json.dumps(res, indent=2))
+        items.sort(key=lambda x: x["qi"])
+        write_kvfix(args, items, out, settings, modes)
+
+
+def _kvfix_settings_ok(old: dict, new: dict) -> bool:
+    """A kvfix file can be resumed, or its shards merged, by a run with the same settings and other modes:
+    the run computes its modes that a question lacks; modes only earlier runs had keep their items (the
+    summary gives each mode's n)."""
+    return {k: v for k, v in old.items() if k != "modes"} == {k: v for k, v in new.items() if k != "modes"}
+
+
+def write_kvfix(args, items: list, out: Path, settings: dict, modes: dict) -> None:
+    def over(m):
+        return [x for x in items if m in x["modes"]]
+    names = list(dict.fromkeys([m for x in items for m in x["modes"]] + list(modes)))
+    settings = settings | {"modes": names}
+    summ = {}
+    for m in names:
+        xs = over(m)
+        if not xs:
+            continue
+        both = [x for x in xs if "plain" in x["modes"]]
+        summ[m] = {"n": len(xs), "em_in": statistics.mean(x["modes"][m]["em_in"] for x in xs),
+                   "entropy": statistics.mean(x["modes"][m]["entropy"] for x in xs),
+                   "median_prefill_s": statistics.median(x["modes"][m]["prefill_s"] for x in xs),
+                   **({"sign_test_vs_plain": sign_test([x["modes"]["plain"]["em_in"] for x in both],
+                                                       [x["modes"][m]["em_in"] for x in both])} if m != "plain" else {})}
+    cmd = " ".join(sys.argv)
+    res = {"machine": machine(), "command": cmd, "commands": args.commands + ([cmd] if cmd not in args.commands else []),
+           "settings": settings, "questions": len(items), "passages": args.passages,
+           "split": "calibration" if args.calibration else "test", "summary": summ, "items": items}
+    out.write_text(json.dumps(res, indent=2))
 
 
 # -- overhead ----------------------------------------------------------------------------------------
@@ -1026,10 +1082,12 @@ def report(args) -> None:
                   " then ".join(f"`{c}`" for c in k.get("commands", [k["command"]]))
                   + f" -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
                   "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", "",
-                  "mode | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)", "--- | --- | --- | --- | ---"]
+                  "mode | n | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)",
+                  "--- | --- | --- | --- | --- | ---"]
         for m, v in k["summary"].items():
             st = v.get("sign_test_vs_plain")
-            lines.append(f"{m} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | {v['median_prefill_s']:.3f} | "
+            lines.append(f"{m} | {v.get('n', k['questions'])} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | "
+                         f"{v['median_prefill_s']:.3f} | "
                          + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
         lines.append("")
     o = load("attention_overhead.json")
@@ -1117,6 +1175,11 @@ def main(argv=None) -> None:
     p.add_argument("--blend-scales", type=float, nargs="*", default=[])
     p.add_argument("--calibration", action="store_true", help="run on the calibration split (for choosing T, S)")
     p.add_argument("--no-full", action="store_true", help="skip the full-prefill reference")
+    p.add_argument("--fix-layers", nargs="*", default=["all"],
+                   help="layer sets for the T/S modes ('all', 'auto' = later half, 'a-b', 'a,b'); one mode per set")
+    p.add_argument("--shard", default="", help="I/N: do every N-th question from the I-th, in its own part file "
+                                               "(run N processes, then --merge)")
+    p.add_argument("--merge", action="store_true", help="join the part files of --shard runs into --out")
     p.add_argument("--budget-s", type=float, default=0)
     p.add_argument("--out", default="")
     p.add_argument("--resume", action="store_true", help="keep the items of the same-settings run in --out; do the rest")
