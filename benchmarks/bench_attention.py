@@ -881,14 +881,10 @@ def _kvfix_settings_ok(old: dict, new: dict) -> bool:
     return {k: v for k, v in old.items() if k != "modes"} == {k: v for k, v in new.items() if k != "modes"}
 
 
-def write_kvfix(args, items: list, out: Path, settings: dict, modes: dict) -> None:
-    def over(m):
-        return [x for x in items if m in x["modes"]]
-    names = list(dict.fromkeys([m for x in items for m in x["modes"]] + list(modes)))
-    settings = settings | {"modes": names}
+def _kvfix_summary(items: list, names: list) -> dict:
     summ = {}
     for m in names:
-        xs = over(m)
+        xs = [x for x in items if m in x["modes"]]
         if not xs:
             continue
         both = [x for x in xs if "plain" in x["modes"]]
@@ -897,10 +893,22 @@ def write_kvfix(args, items: list, out: Path, settings: dict, modes: dict) -> No
                    "median_prefill_s": statistics.median(x["modes"][m]["prefill_s"] for x in xs),
                    **({"sign_test_vs_plain": sign_test([x["modes"]["plain"]["em_in"] for x in both],
                                                        [x["modes"][m]["em_in"] for x in both])} if m != "plain" else {})}
+    return summ
+
+
+def write_kvfix(args, items: list, out: Path, settings: dict, modes: dict) -> None:
+    names = list(dict.fromkeys([m for x in items for m in x["modes"]] + list(modes)))
+    settings = settings | {"modes": names}
+    summ = _kvfix_summary(items, names)
+    # modes run on different question sets (a later run extended some of them): also every mode over
+    # the questions all modes share, so that modes are compared on the same questions
+    common = [x for x in items if all(m in x["modes"] for m in summ)]
+    extra = ({"summary_common": {"questions": len(common), "modes": _kvfix_summary(common, names)}}
+             if len({v["n"] for v in summ.values()}) > 1 and common else {})
     cmd = " ".join(sys.argv)
     res = {"machine": machine(), "command": cmd, "commands": args.commands + ([cmd] if cmd not in args.commands else []),
            "settings": settings, "questions": len(items), "passages": args.passages,
-           "split": "calibration" if args.calibration else "test", "summary": summ, "items": items}
+           "split": "calibration" if args.calibration else "test", "summary": summ, **extra, "items": items}
     out.write_text(json.dumps(res, indent=2))
 
 
@@ -1081,15 +1089,22 @@ def report(args) -> None:
         lines += [f"## Passage-KV reuse with parallel-encoding fixes, {title}", "",
                   " then ".join(f"`{c}`" for c in k.get("commands", [k["command"]]))
                   + f" -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
-                  "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", "",
-                  "mode | n | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)",
-                  "--- | --- | --- | --- | --- | ---"]
-        for m, v in k["summary"].items():
-            st = v.get("sign_test_vs_plain")
-            lines.append(f"{m} | {v.get('n', k['questions'])} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | "
-                         f"{v['median_prefill_s']:.3f} | "
-                         + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
-        lines.append("")
+                  "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", ""]
+        tables = [("", k["summary"])]
+        if "summary_common" in k:
+            tables = [(f"Every mode on the {k['summary_common']['questions']} questions all modes ran on:",
+                       k["summary_common"]["modes"]),
+                      ("Each mode on every question it ran on (n per mode):", k["summary"])]
+        for head, summ in tables:
+            lines += ([head, ""] if head else []) + [
+                "mode | n | EM-in (%) | entropy | median prefill s | better/worse vs plain (p)",
+                "--- | --- | --- | --- | --- | ---"]
+            for m, v in summ.items():
+                st = v.get("sign_test_vs_plain")
+                lines.append(f"{m} | {v.get('n', k['questions'])} | {100 * v['em_in']:.1f} | {v['entropy']:.3f} | "
+                             f"{v['median_prefill_s']:.3f} | "
+                             + (f"{st['better']}/{st['worse']} ({_p(st['p'])})" if st else "--"))
+            lines.append("")
     o = load("attention_overhead.json")
     if o:
         lines += ["## Prefill overhead of the hook", "", f"`{o['command']}` -- one prompt of {o['prompt_tokens']} tokens, "
