@@ -952,6 +952,11 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
 
 
+def _commands(d: dict) -> str:
+    """The commands that wrote a result file, in order; a command run again (a resumed shard) once."""
+    return " then ".join(f"`{c}`" for c in dict.fromkeys(d.get("commands", [d["command"]])))
+
+
 def report(args) -> None:
     lines = ["# Attention-level methods: measurements", "",
              "Written by `python benchmarks/bench_attention.py report` from the JSON files next to it; each section",
@@ -974,7 +979,7 @@ def report(args) -> None:
         fl = (f", found-in-the-middle layers {st_['fim_layers']}" if st_.get("fim_layers") else "") + \
              (f", mix {st_['fim_mix']}" if st_.get("fim_mix") else "")
         lines += [f"## NQ multi-document QA{split}, gold at positions {' / '.join(bp)} of {K}{fl}", "",
-                  " then ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
+                  _commands(d)
                   + f" -- {d['questions']} questions, each at every position (n per position: "
                   f"{d['per_position_n']}); load average (1/5/15 min) when the file was written "
                   f"{[round(x, 1) for x in d['machine']['load_avg_start']]} on 2 cores.", "",
@@ -1059,7 +1064,7 @@ def report(args) -> None:
         t = gd["test"]
         lines += [f"## Attention guard (Attention Tracker), {gd['calibration']['n_benign']} + "
                   f"{gd['calibration']['n_attack']} calibration prompts", "",
-                  " then ".join(f"`{c}`" for c in gd.get("commands", [gd["command"]])), "", gd["construction"], "",
+                  _commands(gd), "", gd["construction"], "",
                   f"Important heads ({gd['head_rule']}): {gd['n_important_heads']}; threshold (best balanced accuracy on "
                   f"the calibration set): {gd['threshold']:.4f}; calibration AUROC {gd['calibration']['auroc']:.3f}.", "",
                   f"Held-out: {t['n_attack']} attacked / {t['n_benign']} clean prompts: **AUROC {t['auroc']:.3f}** "
@@ -1087,7 +1092,7 @@ def report(args) -> None:
         k = json.loads(f.read_text())
         title = "calibration split (choosing T, S)" if k["split"] == "calibration" else "test split"
         lines += [f"## Passage-KV reuse with parallel-encoding fixes, {title}", "",
-                  " then ".join(f"`{c}`" for c in k.get("commands", [k["command"]]))
+                  _commands(k)
                   + f" -- {k['questions']} questions, {k['passages']} passages, gold position rotating "
                   "1/6/10; entropy = mean over layers and heads of the last prompt row's attention entropy (nats).", ""]
         tables = [("", k["summary"])]
