@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from contextlib import contextmanager
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

@@ -73,6 +73,7 @@ def test_gguf_conversion_waits_for_a_concurrent_one(tmp_path, monkeypatch):
     lock, then finds the folder the first wrote (before the lock, it failed on that folder)."""
     import threading
 
+    import ragkit._deps
     from ragkit import models
     from ragkit.models import ResolvedModel, materialize_gguf
 
@@ -82,8 +83,6 @@ def test_gguf_conversion_waits_for_a_concurrent_one(tmp_path, monkeypatch):
 
     def no_conversion(*a, **k):
         raise AssertionError("converted although another process had written the folder")
-
-    import ragkit._deps
 
     monkeypatch.setattr(ragkit._deps, "require", no_conversion)
 
